@@ -1,0 +1,134 @@
+"""Where everything lives in the workspace, and the atomic-write helpers every writer uses.
+
+Layout of a workspace (default ``./abaw-work``, ``--work`` or ``ABAW_WORK``)::
+
+    demo-data/            the built-in synthetic release (generated on first use)
+    faces/<split>/        the face store of one split (see abaw_kit.data.store)
+    unlabeled/            the unlabelled index built by ``abaw ingest``
+    runs/<name>/          one training run (config, metrics, checkpoints, plots)
+    runs/LATEST           name of the most recent run
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from abaw_kit.errors import AbawError
+
+DEFAULT_WORKSPACE = "abaw-work"
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Paths inside one workspace folder; creating the object does no I/O."""
+
+    root: Path
+
+    @classmethod
+    def resolve(cls, work: str | Path | None = None) -> Workspace:
+        """The workspace from ``--work``, else ``$ABAW_WORK``, else ``./abaw-work``."""
+        chosen = work or os.environ.get("ABAW_WORK") or DEFAULT_WORKSPACE
+        return cls(Path(chosen).expanduser().resolve())
+
+    def ensure(self) -> Workspace:
+        """Create the root folder, with a clear error when that is impossible."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / ".write-probe"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise AbawError(f"workspace {self.root} is not writable ({exc.strerror or exc}); "
+                            "choose another with --work or ABAW_WORK") from exc
+        return self
+
+    @property
+    def demo_data(self) -> Path:
+        return self.root / "demo-data"
+
+    def store_dir(self, split: str) -> Path:
+        return self.root / "faces" / split
+
+    @property
+    def unlabeled_dir(self) -> Path:
+        return self.root / "unlabeled"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def source_file(self) -> Path:
+        """Records which data root `prepare` used, so later commands find the same release."""
+        return self.root / "source.json"
+
+    def run_dir(self, name: str | None = None) -> Path:
+        """The folder of run ``name``; without a name, the latest run (clear error if none)."""
+        if name:
+            path = self.runs_dir / name
+            if not path.is_dir():
+                raise AbawError(f"no run named '{name}' in {self.runs_dir}; "
+                                "list runs with `ls` or train one with `abaw train`")
+            return path
+        pointer = self.runs_dir / "LATEST"
+        if not pointer.is_file():
+            raise AbawError(f"no training run in {self.runs_dir} yet; run `abaw train` first")
+        latest = pointer.read_text().strip()
+        path = self.runs_dir / latest
+        if not path.is_dir():
+            raise AbawError(f"{pointer} names run '{latest}', which does not exist; "
+                            "pass --run NAME")
+        return path
+
+    def set_latest_run(self, name: str) -> None:
+        atomic_write_text(self.runs_dir / "LATEST", name + "\n")
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; rename it onto ``target`` only on success.
+
+    A crash (or an exception) leaves ``target`` untouched and removes the temporary file.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or ".tmp",
+                                    dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(target: str | Path, data: bytes) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(target: str | Path, text: str) -> None:
+    atomic_write_bytes(target, text.encode("utf-8"))
+
+
+def atomic_write_json(target: str | Path, obj: Any) -> None:
+    atomic_write_text(target, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def safe_join(root: Path, relative: str) -> Path:
+    """``root / relative``, refusing anything (``..``, absolute, symlinks) that escapes root."""
+    root = root.resolve()
+    candidate = (root / relative).resolve()
+    if candidate != root and root not in candidate.parents:
+        raise AbawError(f"path '{relative}' would escape {root}; refused")
+    return candidate
