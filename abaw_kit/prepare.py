@@ -27,7 +27,6 @@ from abaw_kit.data.release import (
     crop_frames,
     find_release,
     read_annotation,
-    read_example_file,
 )
 from abaw_kit.data.store import FACE_SIZE, FaceStoreWriter
 from abaw_kit.errors import AbawError
@@ -169,7 +168,7 @@ def prepare(work: Workspace, options: PrepareOptions, *, progress: bool = False,
         log(f"note: the workspace {work.root} lies inside the data root {root}")
     release = find_release(root)
     source = choose_source(release, options.source)
-    example = read_example_file(release.example_file) if release.example_file else None
+    example = release.example
     atomic_write_json(work.source_file, {
         "data_root": str(root), "is_demo": is_demo, "source": source,
         "example_file": str(release.example_file) if release.example_file else None,
