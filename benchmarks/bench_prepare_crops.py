@@ -27,6 +27,7 @@ def build_release(root: Path, videos: int, frames: int, seed: int = 0) -> list[P
     rng = np.random.default_rng(seed)
     train = root / "6th_ABAW_Annotations" / "EXPR_Recognition_Challenge" / "Train_Set"
     train.mkdir(parents=True)
+    (train.parent / "Validation_Set").mkdir()
     files = []
     base = rng.integers(0, 255, (112, 112, 3), dtype=np.uint8)
     for v in range(videos):

@@ -1,0 +1,163 @@
+"""The interface every pseudo-label threshold implements, and what they share.
+
+A threshold is a small stateful policy: given the weak-view softmax probabilities of one
+unlabelled batch it says which samples may contribute a pseudo-label (``mask``), and it keeps
+whatever running statistics the method needs. The state lives in plain tensors that follow the
+device of the probabilities, so the same object works on CPU and GPU.
+
+Distributed training: the trainer all-gathers ``probs`` (and ``indices``) across ranks, calls
+``mask`` on the gathered batch on every rank and keeps its own rows. Every rank then applies the
+same update to the same state, so nothing here needs to know about DDP.
+"""
+
+from __future__ import annotations
+
+import difflib
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from numbers import Integral, Real
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from abaw_kit.errors import AbawError
+
+
+class Threshold(ABC):
+    """Base class of the pseudo-label thresholds registered in ``THRESHOLDS``.
+
+    Subclasses declare their parameters with defaults in ``DEFAULTS`` (the single source of
+    defaults; unknown keys are rejected) and the names of their state attributes in ``STATE``.
+    """
+
+    name: ClassVar[str] = ""
+    needs_indices: ClassVar[bool] = False
+    DEFAULTS: ClassVar[Mapping[str, Any]] = {}
+    STATE: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, num_classes: int, **params: Any) -> None:
+        if not is_count(num_classes) or num_classes < 2:
+            raise AbawError(f"threshold '{self.name}': num_classes must be an integer >= 2, "
+                            f"got {num_classes!r}")
+        self.num_classes = int(num_classes)
+        self.params: dict[str, Any] = _resolve_params(self.name, self.DEFAULTS, params)
+
+    @torch.no_grad()
+    def mask(self, probs: Tensor, indices: Tensor | None = None) -> Tensor:
+        """0./1. float mask [B] for one unlabelled batch; updates the state like a training step.
+
+        ``probs``: weak-view softmax probabilities [B, C] (any float dtype; compared in float32).
+        ``indices``: positions of the samples in the unlabelled index, for ``needs_indices``.
+        """
+        probs = self._prepare(probs)
+        idx = self._prepare_indices(indices, probs) if self.needs_indices else None
+        if probs.shape[0] == 0:
+            return probs.new_zeros(0)
+        return self._mask(probs, idx)
+
+    @abstractmethod
+    def _mask(self, probs: Tensor, indices: Tensor | None) -> Tensor:
+        """The method itself: ``probs`` is float32, detached, non-empty, on the state's device."""
+
+    @abstractmethod
+    def class_thresholds(self) -> Tensor:
+        """The effective confidence threshold per class [C] implied by the current state."""
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Copies of the running state (all tensors, so safetensors can store them)."""
+        out = {}
+        for key in self.STATE:
+            value = getattr(self, key)
+            out[key] = value.detach().clone() if isinstance(value, Tensor) else torch.tensor(value)
+        return out
+
+    def load_state_dict(self, state: Mapping[str, Tensor | float | int]) -> None:
+        """Restore a ``state_dict()``; the next ``mask`` continues exactly where it stopped."""
+        if set(state) != set(self.STATE):
+            raise AbawError(f"threshold '{self.name}': checkpoint state has keys {sorted(state)}, "
+                            f"expected {sorted(self.STATE)} (saved by another --ssl method?)")
+        loaded: dict[str, Any] = {}
+        for key in self.STATE:  # check everything before changing anything
+            current, value = getattr(self, key), torch.as_tensor(state[key])
+            if not isinstance(current, Tensor):
+                loaded[key] = type(current)(value.item())
+            elif value.shape != current.shape:
+                raise AbawError(f"threshold '{self.name}': checkpoint '{key}' has shape "
+                                f"{tuple(value.shape)}, expected {tuple(current.shape)} (the "
+                                f"number of classes or unlabelled images changed)")
+            else:
+                loaded[key] = value.detach().to(current.device, current.dtype).clone()
+        for key, value in loaded.items():
+            setattr(self, key, value)
+
+    def _require(self, ok: bool, what: str) -> None:
+        if not ok:
+            raise AbawError(f"threshold '{self.name}': {what}")
+
+    def _prepare(self, probs: Tensor) -> Tensor:
+        if not isinstance(probs, Tensor) or probs.ndim != 2 or probs.shape[1] != self.num_classes:
+            shape = tuple(probs.shape) if isinstance(probs, Tensor) else type(probs).__name__
+            raise ValueError(f"threshold '{self.name}': expected probabilities of shape "
+                             f"[batch, {self.num_classes}], got {shape}")
+        probs = probs.detach().float()  # float16/bfloat16 from autocast: compare in float32
+        if not bool(torch.isfinite(probs).all()):
+            raise AbawError(f"threshold '{self.name}': the unlabelled batch has NaN/inf "
+                            "probabilities (training diverged: lower the learning rate)")
+        self._follow(probs.device)
+        return probs
+
+    def _prepare_indices(self, indices: Tensor | None, probs: Tensor) -> Tensor:
+        if indices is None:
+            raise ValueError(f"threshold '{self.name}' needs the unlabelled sample indices")
+        indices = torch.as_tensor(indices, device=probs.device)
+        if indices.shape != (probs.shape[0],) or indices.is_floating_point() or \
+                indices.dtype == torch.bool:
+            raise ValueError(f"threshold '{self.name}': expected integer indices of shape "
+                             f"[{probs.shape[0]}], got {indices.dtype} {tuple(indices.shape)}")
+        return indices.long()
+
+    def _follow(self, device: torch.device) -> None:
+        """Move every state tensor to ``device`` (state follows the probabilities)."""
+        for key, value in list(vars(self).items()):
+            if isinstance(value, Tensor) and value.device != device:
+                setattr(self, key, value.to(device))
+
+
+def _resolve_params(method: str, defaults: Mapping[str, Any],
+                    params: Mapping[str, Any]) -> dict[str, Any]:
+    """Defaults overridden by ``params``; unknown names and wrong types are user errors."""
+    for key in params:
+        if key not in defaults:
+            close = difflib.get_close_matches(key, defaults, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            valid = ", ".join(sorted(defaults)) or "none"
+            raise AbawError(f"threshold '{method}': unknown parameter '{key}' "
+                            f"(valid: {valid}){hint}")
+    return {key: _coerce(method, key, params.get(key, default), default)
+            for key, default in defaults.items()}
+
+
+def _coerce(method: str, key: str, value: Any, default: Any) -> Any:
+    """``value`` in the type of ``default`` (None: free-form, checked by the method)."""
+    if default is None or value is default:
+        return value
+    is_number = isinstance(value, Real) and not isinstance(value, bool)
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        kind = "true or false"
+    elif isinstance(default, int):
+        if is_number and float(value).is_integer():
+            return int(value)
+        kind = "an integer"
+    else:
+        if is_number:
+            return float(value)
+        kind = "a number"
+    raise AbawError(f"threshold '{method}': parameter '{key}' must be {kind}, got {value!r}")
+
+
+def is_count(value: Any) -> bool:
+    """An integer (Python or numpy), not a bool."""
+    return isinstance(value, Integral) and not isinstance(value, bool)

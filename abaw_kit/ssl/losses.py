@@ -1,0 +1,50 @@
+"""Unlabelled-data losses of the SSL methods: FixMatch consistency and FreeMatch fairness."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def consistency_loss(strong_logits: Tensor, pseudo_labels: Tensor, mask: Tensor) -> Tensor:
+    """Cross-entropy of the strong view to hard pseudo-labels, masked, mean over the whole batch.
+
+    Dividing by the batch size (not by the number of accepted samples), as FixMatch does, makes
+    the unlabelled loss grow with the share of confident pseudo-labels instead of letting a
+    single accepted sample carry the full weight early in training.
+    """
+    if strong_logits.shape[0] == 0:
+        return strong_logits.sum() * 0.0
+    per_sample = F.cross_entropy(strong_logits.float(), pseudo_labels.long(), reduction="none")
+    return (per_sample * mask.detach().to(per_sample.dtype)).mean()
+
+
+def freematch_fairness_loss(strong_logits: Tensor, mask: Tensor, p_model: Tensor,
+                            label_hist: Tensor) -> Tensor:
+    """FreeMatch's self-adaptive fairness loss L_f = -H(SumNorm(p/h), SumNorm(pbar/hbar)).
+
+    p, h: the threshold's EMA class-wise mean probability and argmax histogram (``p_model``,
+    ``label_hist``). pbar, hbar: the mean strong-view probability and the argmax histogram of
+    the accepted (mask=1) samples of this batch. Dividing each mean by its histogram removes
+    the effect of class frequency; H(a, b) = -sum a*log(b + 1e-12), and classes with a zero
+    histogram get a zero scale, as in USB. Minimising L_f (a sum of a*log b, <= 0) lowers the
+    batch's mean probability where the model's own debiased prior is high, i.e. it spreads the
+    accepted predictions over more classes. Returns 0 (with a graph) when nothing is accepted.
+    """
+    accepted = mask.detach() > 0
+    if not bool(accepted.any()):
+        return strong_logits.sum() * 0.0
+    probs = strong_logits[accepted].float().softmax(dim=-1)
+    num_classes = probs.shape[1]
+    hist = torch.bincount(probs.argmax(dim=-1), minlength=num_classes).to(probs.dtype)
+    hist = hist / hist.sum()
+    target = p_model.detach().float() * _inverse_or_zero(label_hist.detach().float())
+    target = target / target.sum()
+    batch_mean = probs.mean(dim=0) * _inverse_or_zero(hist)
+    batch_mean = batch_mean / batch_mean.sum()
+    return (target * torch.log(batch_mean + 1e-12)).sum()
+
+
+def _inverse_or_zero(values: Tensor) -> Tensor:
+    return torch.where(values > 0, 1.0 / values, torch.zeros_like(values))
