@@ -216,7 +216,7 @@ def choose_smoothing(probs: Any, labels: Any, groups: Any,
     for spec in specs:
         preds = smooth(probs, groups, spec, fps=fps).argmax(axis=1)
         score = macro_f1(y, preds)
-        frames = spec.frames(fps) if spec.kind != "none" else 0.0
+        frames = float(spec.frames(fps)) if spec.kind != "none" else 0.0
         table.append({"spec": str(spec), "kind": spec.kind, "frames": frames,
                       "macro_f1": score})
         if score > best_f1:

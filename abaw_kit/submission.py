@@ -10,6 +10,8 @@ Strings are built column-wise with pandas, so a 1M-line file is written or read 
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 from pathlib import Path
 from typing import Any
@@ -22,9 +24,8 @@ from abaw_kit.errors import AbawError
 from abaw_kit.workspace import atomic_path
 
 FRAME_DIGITS = 5
-_LOCATION_RE = r"([^,/\s]+)/(\d{5}|[1-9]\d{5,})\.jpg"
-_LINE_RE = re.compile(rf"^{_LOCATION_RE},(-?(?:0|[1-9]\d*))$")
-_EXAMPLE_RE = re.compile(rf"^{_LOCATION_RE}(?:,.*)?$")
+_LINE_RE = re.compile(r"[^,/\s]+/(?:\d{5}|[1-9]\d{5,8})\.jpg,-?(?:0|[1-9]\d{0,8})")
+"""One body line: video (no comma, slash or space), five-digit frame, integer label."""
 
 
 def format_frame(video: str, frame: int) -> str:
@@ -81,14 +82,19 @@ def _read_lines(path: Path) -> list[str]:
     return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
-def _parse_body(path: Path, body: list[str], pattern: re.Pattern[str], what: str) -> pd.DataFrame:
-    """Match every line; the first line that does not match is reported with its number."""
-    parts = pd.Series(body, dtype=object).str.extract(pattern)
-    bad = parts[0].isna().to_numpy()
-    if bad.any():
-        first = int(np.flatnonzero(bad)[0])
-        raise AbawError(f"{path}:{first + 2}: '{body[first][:80]}' is not {what}")
-    return parts
+def _parse_checked_lines(body: list[str]) -> pd.DataFrame:
+    """Split lines already matched by _LINE_RE into columns with pandas' C parser: turning
+    ``video/00001.jpg,3`` into ``video,00001,3`` is safe because names hold no ',' or '/'."""
+    if not body:
+        return pd.DataFrame({"video": pd.Series(dtype=object),
+                             "frame": pd.Series(dtype=np.int64),
+                             "label": pd.Series(dtype=np.int64)})
+    text = "\n".join(body).replace(".jpg,", ",").replace("/", ",")
+    table = pd.read_csv(io.StringIO(text), header=None, names=["video", "frame", "label"],
+                        dtype={"video": object, "frame": np.int64, "label": np.int64},
+                        quoting=csv.QUOTE_NONE, na_filter=False, engine="c")
+    table["video"] = table["video"].astype(object)
+    return table
 
 
 def read_predictions(path: str | Path) -> pd.DataFrame:
@@ -103,10 +109,13 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
         raise AbawError(f"{path}: the file is empty; expected the header {SUBMISSION_HEADER}")
     if lines[0] != SUBMISSION_HEADER:
         raise AbawError(f"{path}:1: header '{lines[0][:80]}'; expected '{SUBMISSION_HEADER}'")
-    parts = _parse_body(path, lines[1:], _LINE_RE, "'<video>/<NNNNN>.jpg,<label>'")
-    table = pd.DataFrame({"video": parts[0].astype(str).to_numpy(dtype=object),
-                          "frame": parts[1].astype(np.int64).to_numpy(),
-                          "label": parts[2].astype(np.int64).to_numpy()})
+    body = lines[1:]
+    well_formed = pd.Series(body, dtype=object).str.fullmatch(_LINE_RE).to_numpy(dtype=bool)
+    if not well_formed.all():
+        first = int(np.flatnonzero(~well_formed)[0])
+        raise AbawError(f"{path}:{first + 2}: '{body[first][:80]}' is not "
+                        "'<video>/<NNNNN>.jpg,<label>'")
+    table = _parse_checked_lines(body)
     label_values = table["label"].to_numpy()
     bad_label = (label_values < 0) | (label_values >= NUM_CLASSES)
     if bad_label.any():
@@ -124,30 +133,13 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
     return table
 
 
-def read_example(path: str | Path) -> pd.DataFrame:
-    """The release's example submission as DataFrame(video, frame), in file order.
-
-    Only the image locations matter; whatever follows the first comma is ignored.
-    """
-    path = Path(path)
-    lines = _read_lines(path)
-    if not lines or not lines[0].startswith("image_location"):
-        first = lines[0][:80] if lines else "(empty file)"
-        raise AbawError(f"{path}:1: header '{first}'; expected 'image_location,...'")
-    parts = _parse_body(path, lines[1:], _EXAMPLE_RE, "'<video>/<NNNNN>.jpg[,...]'")
-    table = pd.DataFrame({"video": parts[0].astype(str).to_numpy(dtype=object),
-                          "frame": parts[1].astype(np.int64).to_numpy()})
-    repeated = table.duplicated(["video", "frame"]).to_numpy()
-    if repeated.any():
-        first = int(np.flatnonzero(repeated)[0])
-        raise AbawError(f"{path}:{first + 2}: frame listed twice in the example file")
-    return table
-
-
 def _example_table(example: pd.DataFrame | str | Path) -> pd.DataFrame:
+    """The example's (video, frame) rows: given as a table, or read from the release's file."""
     if isinstance(example, pd.DataFrame):
         return example
-    return read_example(example)
+    from abaw_kit.data.release import read_example_file
+
+    return read_example_file(example)
 
 
 def check_submission(path: str | Path, example: pd.DataFrame | str | Path) -> dict[str, Any]:

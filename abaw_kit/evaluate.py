@@ -1,0 +1,357 @@
+"""`abaw evaluate` and `abaw submit`: probabilities -> filled -> smoothed -> scored or written.
+
+The same chain serves both commands so that the submission is made exactly the way the reported
+validation F1 was obtained: frames without a face are interpolated per video (``fill_missing``),
+then the smoothing chosen on val (recorded in ``<run>/smoothing.json``) is applied, and only then
+the argmax is taken.
+
+Files written in a run folder::
+
+    eval_<split>.json            the full report (what --json prints)
+    smoothing.json               the choice `--smooth auto` made on val, reused by `abaw submit`
+    plots/confusion_<split>.png, plots/per_class_f1_<split>.png, plots/f1_vs_window_<split>.png
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from rich.table import Table
+
+from abaw_kit import submission as sub
+from abaw_kit.classes import CLASS_NAMES, NUM_CLASSES
+from abaw_kit.data.store import FaceStore
+from abaw_kit.errors import AbawError
+from abaw_kit.metrics import frame_report, macro_f1
+from abaw_kit.plots.eval import plot_confusion, plot_f1_vs_window, plot_per_class_f1
+from abaw_kit.smoothing import (
+    SmoothSpec,
+    choose_smoothing,
+    fill_missing,
+    groups_without_faces,
+    parse_spec,
+)
+from abaw_kit.smoothing import smooth as apply_smoothing
+from abaw_kit.workspace import Workspace, atomic_path, atomic_write_json
+
+ProbabilityProvider = Callable[[Path, FaceStore, str], np.ndarray]
+"""(run_dir, store, split) -> float [len(store.index), 8], NaN rows for frames without a face."""
+
+SMOOTHING_FILE = "smoothing.json"
+SUBMISSION_STEM = "expr_submission"
+DEFAULT_FPS = 30.0
+"""Aff-Wild2 videos are mostly 30 fps; only smoothing windows given in seconds depend on it."""
+
+
+def model_probabilities(device: str = "auto", batch_size: int = 256,
+                        progress: bool = False) -> ProbabilityProvider:
+    """The default provider: the run's model over the face store (cached by abaw_kit.infer)."""
+
+    def provide(run_dir: Path, store: FaceStore, split: str) -> np.ndarray:
+        from abaw_kit.infer import split_probabilities
+
+        return split_probabilities(run_dir, store, split, device=device, batch_size=batch_size,
+                                   progress=progress)
+
+    return provide
+
+
+def _split_probabilities(provider: ProbabilityProvider, run_dir: Path, store: FaceStore,
+                         split: str) -> np.ndarray:
+    probs = np.asarray(provider(run_dir, store, split))
+    expected = (len(store.index), NUM_CLASSES)
+    if probs.shape != expected:
+        raise AbawError(f"probabilities for split '{split}' of run {run_dir.name} have shape "
+                        f"{probs.shape}; expected {expected} (one row per frame of the store)")
+    return probs
+
+
+def _filled(probs: np.ndarray, videos: pd.Series) -> tuple[np.ndarray, dict[str, Any]]:
+    """Interpolate frames without a face; report how many frames and which videos needed it."""
+    missing = np.isnan(probs).any(axis=1)
+    empty = groups_without_faces(probs, videos)
+    return fill_missing(probs, videos), {"frames_filled": int(missing.sum()),
+                                         "videos_without_face": empty}
+
+
+# ----------------------------------------------------------------------------- smoothing choice
+
+
+def recorded_smoothing(run_dir: Path) -> SmoothSpec | None:
+    """The spec `evaluate --smooth auto` recorded in the run, or None."""
+    path = run_dir / SMOOTHING_FILE
+    if not path.is_file():
+        return None
+    try:
+        return parse_spec(json.loads(path.read_text())["spec"])
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise AbawError(f"{path}: unreadable smoothing record ({exc}); delete it and rerun "
+                        "`abaw evaluate --split val --smooth auto`") from exc
+
+
+def _choose_and_record(run_dir: Path, probs: np.ndarray, labels: np.ndarray,
+                       videos: pd.Series, split: str, fps: float
+                       ) -> tuple[SmoothSpec, list[dict[str, Any]]]:
+    spec, table = choose_smoothing(probs, labels, videos, fps=fps)
+    best = next(row["macro_f1"] for row in table if row["spec"] == str(spec))
+    atomic_write_json(run_dir / SMOOTHING_FILE, {
+        "spec": str(spec), "chosen_on": split, "fps": fps, "macro_f1": best,
+        "macro_f1_none": table[0]["macro_f1"], "table": table})
+    return spec, table
+
+
+def _auto_spec(work: Workspace, run_dir: Path, provider: ProbabilityProvider,
+               fps: float) -> SmoothSpec:
+    """For a split other than val: the recorded choice, else choose on val now and record it."""
+    recorded = recorded_smoothing(run_dir)
+    if recorded is not None:
+        return recorded
+    store = FaceStore(work.store_dir("val"))
+    index = store.index
+    filled, _ = _filled(_split_probabilities(provider, run_dir, store, "val"), index["video"])
+    spec, _ = _choose_and_record(run_dir, filled, index["label"].to_numpy(), index["video"],
+                                 "val", fps)
+    return spec
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def evaluate_split(work: Workspace, split: str = "val", run: str | None = None,
+                   smooth: str | SmoothSpec = "auto", predictions_file: str | Path | None = None,
+                   write_predictions: str | Path | None = None, device: str = "auto",
+                   batch_size: int = 256, progress: bool = False, fps: float = DEFAULT_FPS,
+                   probabilities: ProbabilityProvider | None = None) -> dict[str, Any]:
+    """Score a split: an ABAW-format file (``predictions_file``, no model) or a run's model.
+
+    With a model: F1 before and after smoothing, per class, per video; ``smooth='auto'`` picks the
+    filter on val and records it for `abaw submit`. Writes the report and plots into the run.
+    """
+    store = FaceStore(work.store_dir(split))
+    index = store.index
+    labels = index["label"].to_numpy(np.int64)
+    if not (labels >= 0).any():
+        raise AbawError(f"split '{split}' has no labelled frames ({work.store_dir(split)}); "
+                        "scoring needs labels: use --split val (test labels are private)")
+    if predictions_file is not None:
+        if write_predictions is not None:
+            raise AbawError("--write-predictions needs a model run; it cannot be combined with "
+                            "--predictions")
+        return score_file(predictions_file, index, split)
+    spec = parse_spec(smooth)
+    run_dir = work.run_dir(run)
+    provider = probabilities or model_probabilities(device, batch_size, progress)
+    raw = _split_probabilities(provider, run_dir, store, split)
+    videos = index["video"]
+    has_face = ~np.isnan(raw).any(axis=1)
+    filled, fill_report = _filled(raw, videos)
+    before = macro_f1(labels, filled.argmax(axis=1))
+    face_labels = np.where(has_face, labels, -1)
+    face_f1 = (macro_f1(face_labels, _argmax_or_zero(raw)) if (face_labels >= 0).any()
+               else None)
+    table: list[dict[str, Any]] = []
+    chosen_here = False
+    if spec.kind == "auto":
+        if split == "val":
+            spec, table = _choose_and_record(run_dir, filled, labels, videos, split, fps)
+            chosen_here = True
+        else:
+            spec = _auto_spec(work, run_dir, provider, fps)
+    preds = apply_smoothing(filled, videos, spec, fps=fps).argmax(axis=1)
+    report = frame_report(labels, preds, videos)
+    result: dict[str, Any] = {
+        "split": split, "run": run_dir.name, "run_dir": str(run_dir),
+        "smoothing": str(spec),
+        "smoothing_chosen_on_this_split": chosen_here,
+        "macro_f1_before_smoothing": before,
+        "macro_f1_frames_with_face": face_f1,
+        **report, **fill_report,
+        "smoothing_table": table,
+    }
+    if write_predictions is not None:
+        path = sub.write_predictions(write_predictions, videos, index["frame"], preds)
+        result["predictions_file"] = str(Path(path).resolve())
+    result["plots"] = _evaluation_plots(run_dir, split, report, table)
+    result["report_file"] = str(run_dir / f"eval_{split}.json")
+    atomic_write_json(run_dir / f"eval_{split}.json", result)
+    return result
+
+
+def _argmax_or_zero(probs: np.ndarray) -> np.ndarray:
+    """Argmax per row; rows without a face (NaN) get 0 and must be masked out by the caller."""
+    return np.nan_to_num(probs, nan=0.0).argmax(axis=1)
+
+
+def _evaluation_plots(run_dir: Path, split: str, report: dict[str, Any],
+                      table: list[dict[str, Any]]) -> dict[str, str]:
+    plots = run_dir / "plots"
+    written = {
+        "confusion": plot_confusion(report["confusion"], plots / f"confusion_{split}.png",
+                                    title=f"{split}: confusion (row-normalised)"),
+        "per_class_f1": plot_per_class_f1(report["per_class_f1"],
+                                          plots / f"per_class_f1_{split}.png",
+                                          title=f"{split}: per-class F1"),
+    }
+    if table:
+        written["f1_vs_window"] = plot_f1_vs_window(table, plots / f"f1_vs_window_{split}.png")
+    return {name: str(path) for name, path in written.items()}
+
+
+def score_file(path: str | Path, index: pd.DataFrame, split: str) -> dict[str, Any]:
+    """Score an ABAW-format file against the store's labels; every labelled frame needs a line.
+
+    Lines for frames the split does not annotate are ignored and counted; lines naming a video
+    that is not in the split are an error (most likely the file of another split).
+    """
+    path = Path(path)
+    table = sub.read_predictions(path)
+    known = set(index["video"].unique())
+    unknown = ~table["video"].isin(known).to_numpy()
+    if unknown.any():
+        first = int(np.flatnonzero(unknown)[0])
+        raise AbawError(f"{path}:{first + 2}: video '{table['video'].iat[first]}' is not in "
+                        f"split '{split}'; expected a prediction file for that split")
+    merged = index[["video", "frame", "label"]].merge(
+        table.rename(columns={"label": "pred"}), on=["video", "frame"], how="left", sort=False)
+    lacking = ((merged["label"] >= 0) & merged["pred"].isna()).to_numpy()
+    if lacking.any():
+        row = merged.iloc[int(np.flatnonzero(lacking)[0])]
+        raise AbawError(f"{path}: no prediction for {sub.format_frame(row['video'], row['frame'])}"
+                        f" ({int(lacking.sum())} labelled frames of split '{split}' lack one)")
+    scored = merged["label"].to_numpy(np.int64) >= 0
+    preds = merged["pred"].fillna(0).to_numpy(np.int64)
+    report = frame_report(merged["label"].to_numpy(np.int64), preds, merged["video"])
+    return {"split": split, "predictions_file": str(path.resolve()), "smoothing": "none (labels)",
+            **report, "lines": len(table),
+            "lines_ignored": int(len(table) - int(scored.sum()))}
+
+
+# ----------------------------------------------------------------------------- submit
+
+
+def load_example(work: Workspace) -> tuple[pd.DataFrame, str]:
+    """The frames the submission must list, and where they came from.
+
+    The release's example file (recorded by `prepare` in the workspace's source.json) decides;
+    without it, the test face store, which `prepare` built from that same file.
+    """
+    from abaw_kit.data.release import read_example_file
+
+    source = work.source_file
+    if source.is_file():
+        try:
+            recorded = json.loads(source.read_text()).get("example_file")
+        except json.JSONDecodeError as exc:
+            raise AbawError(f"{source}: not valid JSON ({exc.msg}); rerun `abaw prepare`") from exc
+        if recorded and Path(recorded).is_file():
+            return read_example_file(recorded), str(recorded)
+    test_dir = work.store_dir("test")
+    if (test_dir / "index.parquet").is_file():
+        index = FaceStore(test_dir).index
+        return index[["video", "frame"]].reset_index(drop=True), f"{test_dir} (test face store)"
+    raise AbawError(f"no example submission known: neither {source} names an existing "
+                    "example file nor is there a test face store; run `abaw prepare` on a "
+                    "release with test_set_examples/")
+
+
+def _submission_spec(run_dir: Path, requested: str | SmoothSpec | None) -> SmoothSpec:
+    if requested is not None and parse_spec(requested).kind != "auto":
+        return parse_spec(requested)
+    recorded = recorded_smoothing(run_dir)
+    if recorded is not None:
+        return recorded
+    if requested is None:
+        return SmoothSpec("none")
+    raise AbawError(f"--smooth auto: run {run_dir.name} has no recorded choice "
+                    f"({run_dir / SMOOTHING_FILE}); run `abaw evaluate --split val` first")
+
+
+def _output_path(out: str | Path | None) -> Path:
+    """A new file: never overwrite an earlier submission."""
+    if out is None:
+        return sub.next_free_path(Path("submissions"), SUBMISSION_STEM)
+    out = Path(out)
+    if out.is_dir():
+        return sub.next_free_path(out, SUBMISSION_STEM)
+    if out.exists():
+        raise AbawError(f"{out} already exists; submissions are never overwritten: choose "
+                        "another --out or omit it for a numbered name")
+    return out
+
+
+def make_submission(work: Workspace, run: str | None = None, out: str | Path | None = None,
+                    smooth: str | SmoothSpec | None = None, device: str = "auto",
+                    batch_size: int = 256, progress: bool = False, fps: float = DEFAULT_FPS,
+                    probabilities: ProbabilityProvider | None = None) -> dict[str, Any]:
+    """Predict the test set, fill, smooth, align to the example, write and check the file.
+
+    ``smooth=None`` applies the run's recorded choice (`evaluate --smooth auto`), else none.
+    """
+    run_dir = work.run_dir(run)
+    example, example_source = load_example(work)
+    spec = _submission_spec(run_dir, smooth)
+    store = FaceStore(work.store_dir("test"))
+    index = store.index
+    provider = probabilities or model_probabilities(device, batch_size, progress)
+    filled, fill_report = _filled(_split_probabilities(provider, run_dir, store, "test"),
+                                  index["video"])
+    smoothed = apply_smoothing(filled, index["video"], spec, fps=fps)
+    aligned, differences = sub.align_to_example(example, index["video"], index["frame"], smoothed)
+    labels = aligned.argmax(axis=1)
+    path = _output_path(out)
+    with atomic_path(path, suffix=".txt") as unchecked:
+        # Checked before it takes its final name: a file that fails the check never appears.
+        sub.write_predictions(unchecked, example["video"], example["frame"], labels)
+        summary = sub.check_submission(unchecked, example)
+    summary["path"] = str(path.resolve())
+    not_listed = sorted(set(index["video"].unique()) - set(example["video"].unique()))
+    return {
+        **summary, "run": run_dir.name, "smoothing": str(spec), "example": example_source,
+        **fill_report,
+        "frames_filled_from_edge": int(sum(d["filled"] for d in differences)),
+        "frames_dropped_beyond_example": int(sum(d["dropped"] for d in differences)),
+        "videos_differing_from_example": differences,
+        "videos_not_in_example": not_listed,
+    }
+
+
+def check_file(path: str | Path, work: Workspace) -> dict[str, Any]:
+    """`abaw submit --check FILE`: validate a submission against the release's example file."""
+    example, example_source = load_example(work)
+    return {**sub.check_submission(path, example), "example": example_source}
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def evaluation_tables(result: dict[str, Any], worst_videos: int = 5) -> list[Table]:
+    """Rich tables for people: the summary, per class, and the videos with the lowest F1."""
+    summary = Table(title=f"evaluation of split {result['split']}", show_header=False)
+    summary.add_column("what", style="bold")
+    summary.add_column("value")
+    for key in ("run", "predictions_file", "smoothing", "macro_f1_before_smoothing",
+                "macro_f1", "accuracy", "n_frames", "frames_filled", "report_file"):
+        if result.get(key) is not None:
+            value = result[key]
+            summary.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    classes = Table(title="per class")
+    for column in ("class", "F1", "support"):
+        classes.add_column(column, justify="left" if column == "class" else "right")
+    for name in CLASS_NAMES:
+        classes.add_row(name, f"{result['per_class_f1'][name]:.4f}",
+                        str(result["support"][name]))
+    tables = [summary, classes]
+    per_video = result.get("per_video_f1") or {}
+    if per_video:
+        worst = Table(title=f"{min(worst_videos, len(per_video))} videos with the lowest F1")
+        worst.add_column("video")
+        worst.add_column("F1", justify="right")
+        for video, score in sorted(per_video.items(), key=lambda item: item[1])[:worst_videos]:
+            worst.add_row(video, f"{score:.4f}")
+        tables.append(worst)
+    return tables

@@ -1,0 +1,1 @@
+"""Every PNG the toolkit draws (matplotlib, Agg; written atomically)."""
