@@ -315,7 +315,7 @@ def predict(
     work: WorkOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False,
 ) -> None:
     """Any video -> detect, align, classify, smooth -> per-frame CSV + PNG timeline."""
-    from abaw_kit.evaluate import predict_videos
+    from abaw_kit.predict import predict_videos
 
     ws = Workspace.resolve(work)
     result = predict_videos(ws, videos, run=run, out_dir=out_dir, smooth=smooth,
