@@ -90,7 +90,7 @@ def prepare(
     work: WorkOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False,
 ) -> None:
     """Release (organiser crops or videos) -> a training-ready face store per split."""
-    from abaw_kit.prepare import PrepareOptions
+    from abaw_kit.prepare import PrepareOptions, ingest_demo_unlabeled
     from abaw_kit.prepare import prepare as run_prepare
     from abaw_kit.workspace import SPLITS
 
@@ -101,21 +101,9 @@ def prepare(
     ws = Workspace.resolve(work)
     result = run_prepare(ws, options, progress=not as_json, log=console.print)
     if result["is_demo"]:
-        result["unlabeled"] = _ingest_demo_unlabeled(ws, Path(result["data_root"]), as_json)
+        result["unlabeled"] = ingest_demo_unlabeled(ws, Path(result["data_root"]),
+                                                    progress=not as_json, log=console.print)
     emit(result, as_json, *_prepare_tables(result))
-
-
-def _ingest_demo_unlabeled(ws: Workspace, root: Path, quiet: bool) -> dict[str, Any]:
-    """On the demo only: ingest its unlabelled faces too, so `abaw train --ssl dtm` just works."""
-    from abaw_kit.unlabeled.ingest import ingest
-
-    if (ws.unlabeled_dir / "index.parquet").is_file():
-        return {"note": "demo unlabelled faces already ingested"}
-    if not quiet:
-        console.print("demo data: also ingesting its unlabelled faces "
-                      f"({root / 'unlabeled'}) into {ws.unlabeled_dir}")
-    sources = [root / "unlabeled" / "folder", root / "unlabeled" / "recordio"]
-    return ingest(sources, ws.unlabeled_dir, progress=not quiet)
 
 
 def _prepare_tables(result: dict[str, Any]) -> list[Table]:

@@ -269,3 +269,16 @@ class VideoExtractor:
             face_index = np.cumsum(subject.has_face) - 1
             out[v.name] = (keep, subject.faces[face_index[frames - 1][keep]])
         return out
+
+
+def ingest_demo_unlabeled(work: Workspace, demo_root: Path, *, progress: bool = False,
+                          log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """On the demo only: ingest its unlabelled faces too, so `abaw train --ssl dtm` just works."""
+    from abaw_kit.unlabeled.ingest import ingest
+
+    if (work.unlabeled_dir / "index.parquet").is_file():
+        return {"note": f"demo unlabelled faces already ingested in {work.unlabeled_dir}"}
+    sources = [demo_root / "unlabeled" / "folder", demo_root / "unlabeled" / "recordio"]
+    log(f"demo data: also ingesting its unlabelled faces ({demo_root / 'unlabeled'}) "
+        f"into {work.unlabeled_dir}")
+    return ingest(sources, work.unlabeled_dir, progress=progress)
