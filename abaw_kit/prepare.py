@@ -253,9 +253,15 @@ class VideoExtractor:
                 report.skip("video file missing (every frame counted without a face)", v.name)
             return empty
         num_frames = max(int(plans[v.name][0].max(initial=0)) for v in group)
-        result = extract_video_faces(path, [v.subject for v in group], self.detector,
-                                     num_frames=num_frames,
-                                     detect_every=self.options.detect_every)
+        try:
+            result = extract_video_faces(path, [v.subject for v in group], self.detector,
+                                         num_frames=num_frames,
+                                         detect_every=self.options.detect_every)
+        except AbawError as exc:  # one unreadable file must not stop a 548-video release
+            for v in group:
+                report.skip("video cannot be decoded (every frame counted without a face)",
+                            f"{v.name}: {exc}")
+            return empty
         if result.decoded_frames < num_frames:
             report.skip("video shorter than its annotation (missing frames have no face)",
                         f"{path.name}: {result.decoded_frames} of {num_frames} frames decoded")
