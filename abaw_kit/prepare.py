@@ -75,14 +75,19 @@ class SplitReport:
 
 def resolve_data_root(work: Workspace, data_root: Path | None,
                       progress: bool = False) -> tuple[Path, bool]:
-    """The release to prepare: ``--data-root``, else ``$ABAW_DATA``, else the built-in demo."""
+    """The release to prepare: ``--data-root``, else ``$ABAW_DATA``, else the built-in demo.
+
+    The flag says whether it is a demo release (also one given by path), which turns on the
+    demo conveniences: ingesting its unlabelled faces and training with ``configs/demo.yaml``.
+    """
+    from abaw_kit.data.demo import generate_demo, is_demo
+
     chosen = data_root or (Path(os.environ["ABAW_DATA"]) if os.environ.get("ABAW_DATA") else None)
     if chosen is not None:
         chosen = Path(chosen).expanduser().resolve()
         if not chosen.is_dir():
             raise AbawError(f"data root {chosen} does not exist or is not a folder")
-        return chosen, False
-    from abaw_kit.data.demo import generate_demo
+        return chosen, is_demo(chosen)
 
     return generate_demo(work.demo_data, progress=progress), True
 
