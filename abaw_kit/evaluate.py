@@ -309,6 +309,9 @@ def make_submission(work: Workspace, run: str | None = None, out: str | Path | N
         sub.write_predictions(unchecked, example["video"], example["frame"], labels)
         summary = sub.check_submission(unchecked, example)
     summary["path"] = str(path.resolve())
+    demo_score = _demo_test_f1(work, example, labels)
+    if demo_score is not None:
+        summary["demo_test_macro_f1"] = demo_score
     not_listed = sorted(set(index["video"].unique()) - set(example["video"].unique()))
     return {
         **summary, "run": run_dir.name, "smoothing": str(spec), "example": example_source,
@@ -318,6 +321,21 @@ def make_submission(work: Workspace, run: str | None = None, out: str | Path | N
         "videos_differing_from_example": differences,
         "videos_not_in_example": not_listed,
     }
+
+
+def _demo_test_f1(work: Workspace, example: pd.DataFrame, labels: np.ndarray) -> float | None:
+    """On the built-in demo only, whose test labels are known: the submission's macro-F1."""
+    try:
+        source = json.loads(work.source_file.read_text())
+    except (OSError, ValueError):
+        return None
+    truth_file = Path(source.get("data_root", "")) / "demo_test_labels.txt"
+    if not source.get("is_demo") or not truth_file.is_file():
+        return None
+    truth = sub.read_predictions(truth_file).rename(columns={"label": "truth"})
+    merged = example[["video", "frame"]].assign(pred=labels).merge(
+        truth, on=["video", "frame"], how="inner")
+    return round(macro_f1(merged["truth"].to_numpy(), merged["pred"].to_numpy()), 4)
 
 
 def check_file(path: str | Path, work: Workspace) -> dict[str, Any]:
