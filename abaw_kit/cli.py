@@ -221,7 +221,8 @@ def train(
     ws = Workspace.resolve(work).ensure()
     flags = {"ssl": ssl, "steps": steps, "backbone": backbone, "pretrained": pretrained,
              "device": device}
-    cfg = resolve_train_config(ws, config, set_ or [], flags)
+    resume_from = ws.run_dir(run) if resume else None  # --resume starts from the run's config
+    cfg = resolve_train_config(ws, config, set_ or [], flags, resume_from=resume_from)
     result = run_train(ws, cfg, run_name=run, resume=resume, progress=not as_json)
     emit(result, as_json, kv_table("training run", _flat(result)))
 

@@ -44,13 +44,14 @@ def main() -> None:
         result = prepare(work, PrepareOptions(splits=("train", "val")))
         ingest_demo_unlabeled(work, Path(result["data_root"]))
     results: dict[str, list[float]] = {m: [] for m in args.methods}
+    stamp = time.strftime("%Y%m%d-%H%M%S")
     for seed in args.seeds:
         for method in args.methods:
             overrides = [f"data.labelled_fraction={args.fraction}", f"train.seed={seed}",
                          f"train.steps={args.steps}", *args.overrides]
             cfg = resolve_train_config(work, "demo", overrides, {"ssl": method})
             start = time.perf_counter()
-            summary = train(work, cfg, run_name=f"few{args.fraction:g}-{method}-s{seed}",
+            summary = train(work, cfg, run_name=f"few{args.fraction:g}-{method}-s{seed}-{stamp}",
                             progress=False)
             f1 = float(summary["last_val_f1"])
             results[method].append(f1)

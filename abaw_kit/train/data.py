@@ -1,0 +1,380 @@
+"""The two training streams: labelled face-store frames and the unlabelled pool, as uint8 batches.
+
+Exact resume without storing loader internals: batch ``k`` of a stream (its items and the
+random numbers of its augmentation) is a pure function of (seed, stream, rank, k). A resumed
+run rebuilds the loaders at ``k = step`` and sees exactly the batches the interrupted run would
+have seen, whatever the number of workers or how far they had prefetched.
+
+Workers send uint8 HWC tensors (a quarter of float32's bytes); the loop converts and normalises
+on the device. The views are cheap PIL ops: a random resized crop + flip (weak), then timm's
+RandAugment on top (strong).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+from timm.data.auto_augment import rand_augment_transform
+from torch.utils.data import DataLoader, Dataset
+
+from abaw_kit.classes import NUM_CLASSES
+from abaw_kit.config import DataConfig, TrainConfig
+from abaw_kit.data.store import FaceStore
+from abaw_kit.errors import AbawError
+from abaw_kit.workspace import Workspace
+
+LABELLED_STREAM, UNLABELLED_STREAM = 1, 2
+ASPECT_RANGE = (0.9, 1.1)  # aligned faces: crop jitter, barely any distortion
+NO_UNLABELLED = ("no unlabelled data: run `abaw ingest SOURCE` first, or use --ssl none")
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling
+
+
+class ResumableBatchSampler:
+    """Endless ``(k, positions)`` batches for one rank; batch k depends only on (seed, k).
+
+    The global stream is a sequence of epochs, each a fresh permutation of the items (or, with
+    ``weights``, ``num_items`` draws with replacement: class-balanced sampling). Global batch k
+    holds ``batch_size * world_size`` consecutive positions; rank r takes its r-th slice, so
+    ranks never overlap within a batch (DistributedSampler-equivalent sharding). The position
+    to save is just the next batch number (the training step); ``start`` restores it.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, *, seed: int,
+                 weights: np.ndarray | None = None, rank: int = 0, world_size: int = 1,
+                 start: int = 0) -> None:
+        if num_items <= 0:
+            raise ValueError("cannot sample from an empty set")
+        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
+        self.rank, self.world_size, self.start = rank, world_size, start
+        self.weights = None if weights is None else np.asarray(weights, np.float64) / np.sum(
+            weights)
+        self._cached: tuple[int, np.ndarray] | None = None
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        k = self.start
+        while True:
+            yield k, self.batch(k)
+            k += 1
+
+    def batch(self, k: int) -> np.ndarray:
+        begin = (k * self.world_size + self.rank) * self.batch_size
+        parts, count = [], self.batch_size
+        while count:
+            epoch, offset = divmod(begin, self.num_items)
+            take = self._epoch(epoch)[offset:offset + count]
+            parts.append(take)
+            begin, count = begin + len(take), count - len(take)
+        return np.concatenate(parts)
+
+    def _epoch(self, epoch: int) -> np.ndarray:
+        if self._cached is None or self._cached[0] != epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            order = (rng.permutation(self.num_items) if self.weights is None else
+                     rng.choice(self.num_items, size=self.num_items, p=self.weights))
+            self._cached = (epoch, order)
+        return self._cached[1]
+
+
+def balanced_weights(labels: np.ndarray, power: float) -> np.ndarray:
+    """Per-item sampling weight count(class)^-power: power 1 gives every class equal mass."""
+    counts = np.bincount(labels, minlength=NUM_CLASSES).astype(np.float64)
+    per_class = np.where(counts > 0, np.maximum(counts, 1.0) ** -power, 0.0)
+    return per_class[labels]
+
+
+def class_loss_weights(counts: np.ndarray, power: float) -> torch.Tensor:
+    """Cross-entropy class weights count^-power, scaled so the average frame weighs 1."""
+    counts = np.asarray(counts, np.float64)
+    weights = np.where(counts > 0, np.maximum(counts, 1.0) ** -power, 0.0)
+    weights /= max(float((weights * counts).sum() / counts.sum()), 1e-12)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Views
+
+
+class Views:
+    """Weak (resized crop + flip) and strong (weak + RandAugment) views of a 112x112 face."""
+
+    def __init__(self, cfg: DataConfig) -> None:
+        self.size = cfg.input_size
+        self.scale = tuple(cfg.crop_scale)
+        self.hflip = cfg.hflip
+        self.randaugment = make_randaugment(cfg.randaugment, cfg.input_size)
+
+    def weak(self, face: np.ndarray, rng: np.random.Generator) -> Image.Image:
+        image = Image.fromarray(face)
+        width, height = image.size
+        area = width * height * rng.uniform(*self.scale)
+        aspect = math.exp(rng.uniform(*np.log(ASPECT_RANGE)))
+        crop_w = min(width, round(math.sqrt(area * aspect)))
+        crop_h = min(height, round(math.sqrt(area / aspect)))
+        left = int(rng.integers(0, width - crop_w + 1))
+        top = int(rng.integers(0, height - crop_h + 1))
+        image = image.resize((self.size, self.size), Image.Resampling.BILINEAR,
+                             box=(left, top, left + crop_w, top + crop_h))
+        if rng.random() < self.hflip:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return image
+
+    def strong(self, weak: Image.Image) -> Image.Image:
+        return self.randaugment(weak)
+
+
+def make_randaugment(spec: str, size: int) -> Any:
+    """timm's RandAugment scaled to the face size; a bad spec is a config error."""
+    hparams = {"translate_const": int(size * 0.45), "img_mean": (128, 128, 128)}
+    try:
+        return rand_augment_transform(spec, hparams)
+    except (AssertionError, ValueError, KeyError, IndexError) as exc:
+        raise AbawError(f"data.randaugment '{spec}': not a timm RandAugment spec such as "
+                        f"'rand-m9-n2-mstd0.5' ({type(exc).__name__}: {exc})") from None
+
+
+@contextlib.contextmanager
+def seeded_globals(seed: int) -> Iterator[None]:
+    """Seed python's and numpy's global RNGs (timm RandAugment uses them), then restore them.
+
+    Restoring keeps augmentation in the main process (num_workers=0) from disturbing the
+    training RNG, so results do not depend on the number of workers.
+    """
+    py_state, np_state = random.getstate(), np.random.get_state()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
+def batch_rng(seed: int, stream: int, rank: int, k: int) -> np.random.Generator:
+    return np.random.default_rng([seed, stream, rank, k])
+
+
+def stack(images: Sequence[Image.Image]) -> torch.Tensor:
+    return torch.from_numpy(np.stack([np.asarray(im, dtype=np.uint8) for im in images]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets (indexed by sampler batches)
+
+
+class LabelledBatches(Dataset):
+    """``(k, positions)`` -> (uint8 [B,S,S,3] weak views, int64 [B] labels)."""
+
+    def __init__(self, store: FaceStore, rows: np.ndarray, labels: np.ndarray, views: Views,
+                 *, seed: int, rank: int = 0) -> None:
+        self.store, self.rows, self.labels = store, rows, labels
+        self.views, self.seed, self.rank = views, seed, rank
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, item: tuple[int, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        k, positions = item
+        rng = batch_rng(self.seed, LABELLED_STREAM, self.rank, k)
+        faces = self.store.faces(self.rows[positions])
+        images = stack([self.views.weak(face, rng) for face in faces])
+        return images, torch.from_numpy(self.labels[positions].astype(np.int64))
+
+
+class ImageSource(Protocol):
+    def __len__(self) -> int: ...
+
+    def image(self, i: int) -> np.ndarray: ...
+
+
+class StoreRows:
+    """Face-store rows used as unlabelled images (Aff-Wild2 frames labelled -1, or few-label
+    leftovers)."""
+
+    def __init__(self, store: FaceStore, rows: np.ndarray) -> None:
+        self.store, self.rows = store, np.asarray(rows, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def image(self, i: int) -> np.ndarray:
+        return self.store.face(int(self.rows[i]))
+
+
+class IndexImages:
+    """The unlabelled index of `abaw ingest`, at the face size."""
+
+    def __init__(self, index: Any, size: int = 112) -> None:
+        self.index, self.size = index, size
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def image(self, i: int) -> np.ndarray:
+        return np.asarray(self.index.image(int(i), size=self.size), dtype=np.uint8)
+
+
+class UnlabelledPool:
+    """Several image sources behind one index 0..N-1 (the index FlexMatch keeps state for)."""
+
+    def __init__(self, sources: dict[str, ImageSource]) -> None:
+        self.sources = {name: src for name, src in sources.items() if len(src) > 0}
+        self.names = list(self.sources)
+        self.ends = np.cumsum([len(src) for src in self.sources.values()], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    def counts(self) -> dict[str, int]:
+        return {name: len(src) for name, src in self.sources.items()}
+
+    def image(self, i: int) -> np.ndarray:
+        which = int(np.searchsorted(self.ends, i, side="right"))
+        start = int(self.ends[which - 1]) if which else 0
+        return self.sources[self.names[which]].image(i - start)
+
+
+class UnlabelledBatches(Dataset):
+    """``(k, positions)`` -> (uint8 weak views, uint8 strong views, int64 pool indices)."""
+
+    def __init__(self, pool: UnlabelledPool, views: Views, *, seed: int, rank: int = 0) -> None:
+        self.pool, self.views, self.seed, self.rank = pool, views, seed, rank
+
+    def __len__(self) -> int:
+        return len(self.pool)
+
+    def __getitem__(self, item: tuple[int, np.ndarray]
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        k, positions = item
+        rng = batch_rng(self.seed, UNLABELLED_STREAM, self.rank, k)
+        weak = [self.views.weak(self.pool.image(int(i)), rng) for i in positions]
+        with seeded_globals(int(rng.integers(2**63))):
+            strong = [self.views.strong(image) for image in weak]
+        return stack(weak), stack(strong), torch.from_numpy(positions.astype(np.int64))
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the streams
+
+
+@dataclass
+class TrainingData:
+    """Both streams of one rank plus what the loop and the report need to know about them."""
+
+    labelled: LabelledBatches
+    class_counts: np.ndarray
+    sample_weights: np.ndarray | None
+    unlabelled: UnlabelledBatches | None
+    unlabelled_counts: dict[str, int]
+
+    @property
+    def num_unlabelled(self) -> int:
+        return 0 if self.unlabelled is None else len(self.unlabelled)
+
+
+def build_training_data(work: Workspace, cfg: TrainConfig, *, rank: int = 0,
+                        with_unlabelled: bool = True) -> TrainingData:
+    """Labelled frames (optionally a few-label subset) and, for SSL, the unlabelled pool."""
+    store = FaceStore(work.store_dir("train"))
+    rows = store.rows(labelled=True, with_face=True)
+    labels = store.index["label"].to_numpy(np.int64)[rows]
+    if len(rows) == 0:
+        raise AbawError(f"the train face store {store.split_dir} has no labelled frames with a "
+                        "face; run `abaw prepare` on a release with EXPR train annotations")
+    keep = few_label_subset(labels, cfg.data.labelled_fraction, cfg.train.seed)
+    views = Views(cfg.data)
+    counts = np.bincount(labels[keep], minlength=NUM_CLASSES)
+    weights = (balanced_weights(labels[keep], cfg.data.balance_power)
+               if cfg.data.balance == "sampler" else None)
+    labelled = LabelledBatches(store, rows[keep], labels[keep], views, seed=cfg.train.seed,
+                               rank=rank)
+    unlabelled, sources = None, {}
+    if with_unlabelled:
+        pool = build_unlabelled_pool(work, cfg.data, store, rows[~keep])
+        unlabelled = UnlabelledBatches(pool, views, seed=cfg.train.seed, rank=rank)
+        sources = pool.counts()
+    return TrainingData(labelled, counts, weights, unlabelled, sources)
+
+
+def few_label_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask keeping ``fraction`` of each class (at least one frame per present class)."""
+    keep = np.ones(len(labels), dtype=bool)
+    if fraction >= 1.0:
+        return keep
+    keep[:] = False
+    rng = np.random.default_rng([seed, 7])
+    for cls in range(NUM_CLASSES):
+        members = np.flatnonzero(labels == cls)
+        if len(members):
+            chosen = rng.choice(members, size=max(1, round(fraction * len(members))),
+                                replace=False)
+            keep[chosen] = True
+    return keep
+
+
+def build_unlabelled_pool(work: Workspace, cfg: DataConfig, store: FaceStore,
+                          leftover_rows: np.ndarray) -> UnlabelledPool:
+    """Unlabelled index (+ Aff-Wild2 frames labelled -1) (+ few-label leftovers)."""
+    sources: dict[str, ImageSource] = {}
+    if cfg.use_unlabeled_index:
+        index = open_unlabeled_index(work)
+        if len(index) == 0:
+            raise AbawError(f"{NO_UNLABELLED} (the unlabelled index in {work.unlabeled_dir} "
+                            "is empty)")
+        sources["unlabeled_index"] = IndexImages(index)
+    if cfg.use_affwild_unlabelled:
+        sources["affwild_unlabelled"] = StoreRows(store, store.rows(labelled=False))
+    sources["few_label_leftovers"] = StoreRows(store, leftover_rows)
+    pool = UnlabelledPool(sources)
+    if len(pool) == 0:
+        raise AbawError(f"{NO_UNLABELLED} (data.use_unlabeled_index is off and the train store "
+                        "has no unlabelled frames)")
+    return pool
+
+
+def open_unlabeled_index(work: Workspace) -> Any:
+    """The index `abaw ingest` built; a clear error when there is none."""
+    from abaw_kit.unlabeled.index import UnlabeledIndex
+
+    try:
+        return UnlabeledIndex(work.unlabeled_dir)
+    except AbawError as exc:
+        raise AbawError(f"{NO_UNLABELLED} ({exc}; or --set data.use_unlabeled_index=false to "
+                        "use only the Aff-Wild2 frames without a label)") from None
+
+
+def make_loader(dataset: Dataset, sampler: ResumableBatchSampler, *, num_workers: int,
+                pin_memory: bool) -> DataLoader:
+    """Workers build whole batches (one call per batch) and stay alive between uses."""
+    return DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=num_workers,
+                      persistent_workers=num_workers > 0, pin_memory=pin_memory,
+                      prefetch_factor=2 if num_workers > 0 else None)
+
+
+def training_loaders(data: TrainingData, cfg: TrainConfig, *, start: int, rank: int,
+                     world_size: int, pin_memory: bool) -> tuple[DataLoader, DataLoader | None]:
+    """Loaders that resume at batch ``start`` (= the training step)."""
+    seed = cfg.train.seed
+    labelled_sampler = ResumableBatchSampler(
+        len(data.labelled), cfg.data.batch_size, seed=seed * 1000 + LABELLED_STREAM,
+        weights=data.sample_weights, rank=rank, world_size=world_size, start=start)
+    labelled = make_loader(data.labelled, labelled_sampler, num_workers=cfg.data.num_workers,
+                           pin_memory=pin_memory)
+    if data.unlabelled is None:
+        return labelled, None
+    unlabelled_sampler = ResumableBatchSampler(
+        len(data.unlabelled), cfg.data.batch_size * cfg.ssl.uratio,
+        seed=seed * 1000 + UNLABELLED_STREAM, rank=rank, world_size=world_size, start=start)
+    unlabelled = make_loader(data.unlabelled, unlabelled_sampler,
+                             num_workers=cfg.data.num_workers, pin_memory=pin_memory)
+    return labelled, unlabelled

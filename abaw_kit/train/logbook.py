@@ -1,0 +1,100 @@
+"""``metrics.csv`` of a run: one row per ``log_every`` steps, fixed columns for every method.
+
+Step logs stay on the device and are summed there; one transfer per logged row keeps the
+loop free of per-step host synchronisation.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from abaw_kit.classes import CLASS_NAMES
+from abaw_kit.workspace import atomic_write_text
+
+THRESHOLD_COLUMNS = [f"thr_{name}" for name in CLASS_NAMES]
+PSEUDO_COLUMNS = [f"pl_{name}" for name in CLASS_NAMES]
+COLUMNS = ["step", "loss", "sup_loss", "unsup_loss", "fair_loss", "mask_ratio", "lr",
+           "images_per_s", *THRESHOLD_COLUMNS, *PSEUDO_COLUMNS, "val_f1"]
+"""thr_*: per-class pseudo-label threshold; pl_*: accepted pseudo-labels per class in the
+interval; val_f1: validation macro-F1 of the EMA weights (rows where validation ran)."""
+
+
+class Meter:
+    """Averages scalar logs and sums the pseudo-label histogram over a logging interval."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, logs: dict[str, torch.Tensor]) -> None:
+        for key, value in logs.items():
+            value = value.detach().float()
+            self.sums[key] = self.sums[key] + value if key in self.sums else value.clone()
+        self.count += 1
+
+    def flush(self) -> dict[str, Any]:
+        """Interval means (histogram: totals) as Python numbers; resets the meter."""
+        out: dict[str, Any] = {}
+        for key, total in self.sums.items():
+            values = total.cpu().tolist()
+            if key == "pseudo_hist":
+                out.update(zip(PSEUDO_COLUMNS, (int(v) for v in values), strict=True))
+            else:
+                out[key] = values / max(self.count, 1)
+        self.sums, self.count = {}, 0
+        return out
+
+
+class MetricsLog:
+    """Append-only CSV with a fixed header; on resume, rows after the checkpoint are dropped."""
+
+    def __init__(self, path: Path, *, enabled: bool = True) -> None:
+        self.path, self.enabled = path, enabled
+
+    def start(self, resume_step: int | None) -> None:
+        """New file (header only), or keep the rows up to ``resume_step`` of an earlier run."""
+        if not self.enabled:
+            return
+        rows = self.read() if resume_step is not None else []
+        kept = [row for row in rows if int(float(row["step"])) <= (resume_step or 0)]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows({key: row.get(key) or "" for key in COLUMNS} for row in kept)
+        atomic_write_text(self.path, buffer.getvalue())
+
+    def read(self) -> list[dict[str, str]]:
+        if not self.path.is_file():
+            return []
+        with self.path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        return [row for row in rows if row.get("step") and _is_number(row["step"])]
+
+    def write(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a", newline="") as handle:
+            csv.DictWriter(handle, fieldnames=COLUMNS).writerow(
+                {key: _cell(row.get(key)) for key in COLUMNS})
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "inf" if math.isinf(value) else f"{value:.6g}"
+    return str(value)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

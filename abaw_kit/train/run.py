@@ -1,0 +1,428 @@
+"""``train()``: the plain function behind ``abaw train``; one run folder, resumable exactly.
+
+Run folder ``<work>/runs/<name>/``: ``config.yaml`` (resolved), ``metrics.csv``, ``train.log``,
+``checkpoints/`` (see abaw_kit.train.checkpoint) and ``plots/``. Under torchrun every rank
+trains; only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from abaw_kit.classes import NUM_CLASSES
+from abaw_kit.config import (
+    RESUME_MUTABLE,
+    TrainConfig,
+    config_diff,
+    load_config,
+    save_config,
+)
+from abaw_kit.data.store import FaceStore
+from abaw_kit.errors import AbawError
+from abaw_kit.infer import macro_f1_of, predict_rows, validation_rows
+from abaw_kit.ssl import make_threshold
+from abaw_kit.train import checkpoint as ckpt
+from abaw_kit.train.data import (
+    TrainingData,
+    build_training_data,
+    class_loss_weights,
+    training_loaders,
+)
+from abaw_kit.train.distributed import DistContext, init_distributed
+from abaw_kit.train.logbook import THRESHOLD_COLUMNS, Meter, MetricsLog
+from abaw_kit.train.loop import Batch, NonFiniteLoss, build_state, optimizer_step, train_step
+from abaw_kit.train.model import Normalizer, check_backbone, create_model, model_data_config
+from abaw_kit.workspace import Workspace, safe_join
+
+Log = Callable[[str], None]
+
+
+def train(work: Workspace, cfg: TrainConfig | None, *, run_name: str | None = None,
+          resume: bool = False, progress: bool = True, stop_after: int | None = None,
+          log: Log | None = None) -> dict[str, Any]:
+    """Train (or, with ``resume``, continue exactly) a run; returns its summary.
+
+    ``cfg`` may be None with ``resume``: the run's saved config is used. ``stop_after=k``
+    returns right after step k without a final checkpoint, as if the process were killed there
+    (tests; time-boxed jobs then continue with ``resume``).
+    """
+    if cfg is None:
+        if not resume:
+            raise AbawError("no training config given; pass one or use --resume")
+        cfg = load_config(work.run_dir(run_name) / "config.yaml")
+    check_backbone(cfg.model.backbone)
+    dist = init_distributed(cfg.train.device)
+    threads = torch.get_num_threads()
+    if dist.device.type == "cpu" and cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    try:  # data problems surface before a run folder exists
+        data = build_training_data(work, cfg, rank=dist.rank,
+                                   with_unlabelled=cfg.ssl.method != "none")
+        run_dir, cfg = _open_run_dir(work, cfg, run_name, resume, dist)
+        session = TrainingRun(work, cfg, run_dir, dist, progress=progress, log=log)
+        return session.run(data, resume=resume, stop_after=stop_after)
+    finally:
+        torch.set_num_threads(threads)
+        dist.close()
+
+
+def _open_run_dir(work: Workspace, cfg: TrainConfig, run_name: str | None, resume: bool,
+                  dist: DistContext) -> tuple[Path, TrainConfig]:
+    """The run folder (created, config saved) and the config the run follows."""
+    if resume:
+        run_dir = work.run_dir(run_name)
+        saved = load_config(run_dir / "config.yaml")
+        changed = [(k, a, b) for k, a, b in config_diff(saved, cfg) if k not in RESUME_MUTABLE]
+        if changed:
+            shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changed[:3])
+            raise AbawError(f"--resume {run_dir.name}: the config differs from the run's "
+                            f"config.yaml ({shown}); resume with the run's own config (no "
+                            "--config/--set), or start a new run")
+    else:
+        name = run_name or f"{cfg.ssl.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+        exists = (safe_join(work.runs_dir, name) / "config.yaml").is_file()
+        name, exists = dist.broadcast_object((name, exists))  # rank 0 decides for all
+        run_dir = safe_join(work.runs_dir, name)
+        if exists:
+            raise AbawError(f"run '{name}' already exists in {work.runs_dir}; continue it with "
+                            "--resume, or choose another --run name")
+    dist.barrier()  # every rank has read what it needs before rank 0 writes
+    if dist.is_main:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    dist.barrier()
+    return run_dir, cfg
+
+
+class TrainingRun:
+    """One training session of a run folder: builds everything, loops, validates, saves."""
+
+    def __init__(self, work: Workspace, cfg: TrainConfig, run_dir: Path, dist: DistContext, *,
+                 progress: bool, log: Log | None = None) -> None:
+        self.work, self.cfg, self.run_dir, self.dist = work, cfg, run_dir, dist
+        self.console = Console(stderr=True, highlight=False) if progress and dist.is_main \
+            else None
+        self._log = log
+        self.ckpt_dir = run_dir / "checkpoints"
+        self.metrics = MetricsLog(run_dir / "metrics.csv", enabled=dist.is_main)
+        self.best_f1: float | None = None
+        self.best_step: int | None = None
+        self.last_f1: float | None = None
+        self.last_saved: int | None = None
+        self.train_seconds = 0.0
+        self.images_seen = 0
+        self._rng_to_restore: dict[str, Any] | None = None
+
+    def log(self, message: str) -> None:
+        """To the caller's ``log``, else the console (with --progress), and to train.log."""
+        if self._log is not None:
+            self._log(message)
+        elif self.console is not None:
+            self.console.print(message)
+        if self.dist.is_main:
+            with (self.run_dir / "train.log").open("a") as handle:
+                handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+
+    # -- setup ------------------------------------------------------------------------------
+
+    def build(self, data: TrainingData) -> None:
+        cfg, dist = self.cfg, self.dist
+        _seed_everything(cfg.train.seed, cfg.train.deterministic, dist.device)
+        self.data = data
+        threshold = (make_threshold(cfg.ssl.method, NUM_CLASSES,
+                                    num_unlabeled=data.num_unlabelled, **cfg.ssl.params)
+                     if data.unlabelled is not None else None)
+        model, report = create_model(cfg.model)
+        if report is not None:
+            self.log(f"initial weights: {report.summary()}")
+        model = model.to(dist.device)
+        self.data_config = model_data_config(model)
+        channels_last = dist.device.type == "cuda" and cfg.train.channels_last
+        normalize = Normalizer(self.data_config["mean"], self.data_config["std"],
+                               cfg.data.input_size, dist.device, channels_last)
+        weights = (class_loss_weights(self.data.class_counts, cfg.data.balance_power)
+                   if cfg.data.balance == "weights" else None)
+        self.state = build_state(cfg, model, normalize, dist, threshold, weights)
+        torch.manual_seed(cfg.train.seed * 1000 + 17 + dist.rank)  # dropout differs per rank
+        self.val_store, self.val_rows = self._validation_set()
+        self._describe()
+
+    def _validation_set(self) -> tuple[FaceStore | None, np.ndarray]:
+        path = self.work.store_dir("val")
+        if not (path / "index.parquet").is_file():
+            self.log(f"no val face store at {path}: validation (and the best checkpoint) "
+                     "skipped; run `abaw prepare` with the validation split to enable it")
+            return None, np.zeros(0, np.int64)
+        store = FaceStore(path)
+        rows = validation_rows(store, self.cfg.eval.max_frames)
+        if len(rows) == 0:
+            self.log(f"the val store {path} has no labelled frames with a face: no validation")
+            return None, rows
+        return store, rows
+
+    def _describe(self) -> None:
+        cfg, data = self.cfg, self.data
+        self.log(f"run {self.run_dir} | {cfg.model.backbone} on {self.dist.device} x"
+                 f"{self.dist.world_size} | ssl {cfg.ssl.method} | labelled frames "
+                 f"{len(data.labelled)} | unlabelled {data.num_unlabelled} {data.unlabelled_counts}"
+                 f" | val frames {len(self.val_rows)}")
+        if self.dist.device.type == "cpu" and cfg.train.amp != "none":
+            self.log("CPU: mixed precision and channels-last are CUDA-only; running float32")
+
+    # -- resume -----------------------------------------------------------------------------
+
+    def restore(self) -> int:
+        """Load the last checkpoint into the built state; returns the step to continue from."""
+        loaded = ckpt.load_checkpoint(self.ckpt_dir)
+        if loaded is None:
+            self.log("no checkpoint in this run yet: starting from step 0")
+            return 0
+        tensors, saved = loaded
+        self._check_same_stream(saved)
+        model_state, ema_state = ckpt.split_weights(tensors)
+        state = self.state
+        try:
+            state.raw.load_state_dict(model_state)
+            state.ema.module.load_state_dict(ema_state)
+            state.optimizer.load_state_dict(saved["optimizer"])
+            state.scheduler.load_state_dict(saved["scheduler"])
+            if state.scaler is not None and saved.get("scaler"):
+                state.scaler.load_state_dict(saved["scaler"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise AbawError(f"checkpoint in {self.ckpt_dir} does not fit this run's model "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
+        if state.threshold is not None:
+            state.threshold.load_state_dict(saved["threshold"])
+        step = int(saved["step"])
+        state.scheduler.t_initial = self.cfg.train.steps  # a longer run stretches the cosine
+        state.scheduler.step_update(num_updates=step)
+        self.best_f1, self.best_step = saved.get("best_val_f1"), saved.get("best_step")
+        self.last_saved, self._rng_to_restore = step, saved["rng"][self.dist.rank]
+        self.log(f"resumed {self.run_dir.name} at step {step}")
+        return step
+
+    def _check_same_stream(self, saved: dict[str, Any]) -> None:
+        """Exact resume needs the same items behind the sampler positions."""
+        was = {k: v for k, v in saved.get("sampler", {}).items() if k != "next_batch"}
+        now = self._stream_signature()
+        if was != now:
+            raise AbawError(f"cannot resume {self.run_dir.name} exactly: the training data or "
+                            f"process count changed since the checkpoint (was {was}, now "
+                            f"{now}); start a new run")
+
+    def _stream_signature(self) -> dict[str, int]:
+        return {"labelled": len(self.data.labelled), "unlabelled": self.data.num_unlabelled,
+                "world_size": self.dist.world_size}
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self, data: TrainingData, *, resume: bool, stop_after: int | None
+            ) -> dict[str, Any]:
+        self.build(data)
+        start = self.restore() if resume else 0
+        self.metrics.start(start if resume else None)
+        pin = self.dist.device.type == "cuda"
+        loaders = training_loaders(self.data, self.cfg, start=start, rank=self.dist.rank,
+                                   world_size=self.dist.world_size, pin_memory=pin)
+        batches = batch_stream(*(iter(loader) if loader is not None else None
+                                 for loader in loaders))
+        if self._rng_to_restore is not None:  # last: starting a loader draws from the torch RNG
+            ckpt.restore_rng(self._rng_to_restore)
+        end = self.cfg.train.steps if stop_after is None else min(stop_after, self.cfg.train.steps)
+        try:
+            self._loop(batches, start, end)
+        finally:
+            del batches, loaders  # shuts persistent workers down
+        if end == self.cfg.train.steps:
+            return self._finish()
+        return self._summary(completed=False, final_step=end)
+
+    def _loop(self, batches: Iterator[Batch], start: int, end: int) -> None:
+        meter = Meter()
+        images_per_step = self.cfg.data.batch_size * self.dist.world_size * (
+            1 if self.cfg.ssl.method == "none" else 1 + 2 * self.cfg.ssl.uratio)
+        with _step_bar(self.console, f"train {self.run_dir.name}", start, end) as advance:
+            tick = time.perf_counter()
+            for step in range(start, end):
+                batch = next(batches)
+                try:
+                    out = train_step(self.state, batch)
+                    optimizer_step(self.state, out["loss"], step)
+                except NonFiniteLoss:
+                    self._stop_diverged(step + 1)
+                meter.add(out["logs"])
+                done = step + 1
+                self.images_seen += images_per_step
+                self.train_seconds += time.perf_counter() - tick
+                self._after_step(done, meter, images_per_step)
+                advance(1)
+                tick = time.perf_counter()
+
+    def _after_step(self, done: int, meter: Meter, images_per_step: int) -> None:
+        cfg = self.cfg
+        last = done == cfg.train.steps
+        val_f1 = None
+        if self.val_store is not None and (last or (cfg.eval.every and done % cfg.eval.every == 0)):
+            val_f1 = self.validate(done)
+        if last or done % cfg.train.log_every == 0 or val_f1 is not None:
+            self._write_row(done, meter, val_f1)
+        if last or done % cfg.train.ckpt_every == 0:
+            self.save(done)
+
+    def _write_row(self, step: int, meter: Meter, val_f1: float | None) -> None:
+        row: dict[str, Any] = {"step": step, **meter.flush(), "lr": self.state.lr,
+                               "val_f1": val_f1}
+        row["images_per_s"] = self.images_seen / max(self.train_seconds, 1e-9)
+        threshold = self.state.threshold
+        if threshold is not None:
+            row.update(zip(THRESHOLD_COLUMNS, threshold.class_thresholds().cpu().tolist(),
+                           strict=True))
+        self.metrics.write(row)
+        if "loss" in row:
+            extra = f" mask {row['mask_ratio']:.2f}" if "mask_ratio" in row else ""
+            self.log(f"step {step}: loss {row['loss']:.4f}{extra} lr {row['lr']:.2e}"
+                     + (f" val F1 {val_f1:.4f}" if val_f1 is not None else ""))
+
+    def _stop_diverged(self, step: int) -> None:
+        kept = (f"the last good checkpoint (step {self.last_saved}) is kept in {self.ckpt_dir}"
+                if self.last_saved else "no checkpoint was written yet")
+        if self.dist.is_main:
+            self._plots()
+        raise AbawError(f"training diverged at step {step}: the loss became NaN/inf; {kept}. "
+                        f"Lower optim.lr (now {self.cfg.optim.lr:g}) or raise "
+                        "optim.warmup_steps and start a new run (--pretrained "
+                        "<checkpoint .safetensors> starts it from those weights)")
+
+    # -- validation and checkpoints ---------------------------------------------------------
+
+    def validate(self, step: int) -> float:
+        """Macro-F1 of the EMA weights on raw val frames; every rank predicts one shard."""
+        assert self.val_store is not None
+        shard = np.array_split(self.val_rows, self.dist.world_size)[self.dist.rank]
+        probs = predict_rows(self.state.ema.module, self.state.normalize, self.val_store, shard,
+                             batch_size=self.cfg.eval.batch_size,
+                             num_workers=self.cfg.eval.num_workers,
+                             amp_dtype=self.state.amp_dtype)
+        probs = np.concatenate(self.dist.gather_objects(probs))
+        f1 = macro_f1_of(self.val_store, self.val_rows, probs)
+        self.last_f1 = f1
+        if self.best_f1 is None or f1 > self.best_f1:
+            self.best_f1, self.best_step = f1, step
+            if self.dist.is_main:
+                ckpt.save_best(self.ckpt_dir, self._weights(), {**self._meta(step), "val_f1": f1})
+        return f1
+
+    def save(self, step: int) -> None:
+        state = self.state
+        finite = torch.stack([p.detach().isfinite().all() for p in state.raw.parameters()]).all()
+        if not self.dist.all_true(finite):
+            self._stop_diverged(step)
+        rng = self.dist.gather_objects(ckpt.capture_rng())
+        if self.dist.is_main:
+            ckpt.save_checkpoint(self.ckpt_dir, step, self._weights(), {
+                "optimizer": state.optimizer.state_dict(),
+                "scheduler": state.scheduler.state_dict(),
+                "scaler": state.scaler.state_dict() if state.scaler is not None else None,
+                "threshold": state.threshold.state_dict() if state.threshold else {},
+                "sampler": {"next_batch": step, **self._stream_signature()}, "rng": rng,
+                "best_val_f1": self.best_f1, "best_step": self.best_step,
+            }, self._meta(step))
+        self.last_saved = step
+
+    def _weights(self) -> dict[str, torch.Tensor]:
+        return ckpt.pack_weights(self.state.raw, self.state.ema.module)
+
+    def _meta(self, step: int) -> dict[str, Any]:
+        return {"step": step, "backbone": self.cfg.model.backbone, "num_classes": NUM_CLASSES,
+                "input_size": self.cfg.data.input_size, "ssl": self.cfg.ssl.method,
+                **self.data_config}
+
+    # -- the end ----------------------------------------------------------------------------
+
+    def _finish(self) -> dict[str, Any]:
+        plots: list[str] = []
+        if self.dist.is_main:
+            plots = [str(p) for p in self._plots()]
+            self.work.set_latest_run(self.run_dir.name)
+        summary = self._summary(completed=True, final_step=self.cfg.train.steps)
+        summary["plots"] = plots
+        best = f"best val F1 {self.best_f1:.4f} (step {self.best_step})" if self.best_f1 else \
+            "no validation"
+        self.log(f"done: {best}; {summary['images_per_s']:.1f} images/s; run folder "
+                 f"{self.run_dir}")
+        return summary
+
+    def _plots(self) -> list[Path]:
+        from abaw_kit.plots.train import plot_training
+
+        return plot_training(self.run_dir / "metrics.csv", self.run_dir / "plots")
+
+    def _summary(self, *, completed: bool, final_step: int) -> dict[str, Any]:
+        threshold = self.state.threshold
+        best = self.ckpt_dir / ckpt.BEST
+        return {
+            "run": self.run_dir.name, "run_dir": str(self.run_dir), "completed": completed,
+            "ssl": self.cfg.ssl.method, "backbone": self.cfg.model.backbone,
+            "steps": final_step, "world_size": self.dist.world_size,
+            "best_val_f1": self.best_f1, "best_step": self.best_step,
+            "last_val_f1": self.last_f1,
+            "images_per_s": self.images_seen / max(self.train_seconds, 1e-9),
+            "train_seconds": self.train_seconds,
+            "labelled_frames": len(self.data.labelled),
+            "unlabelled_images": self.data.num_unlabelled,
+            "class_thresholds": (threshold.class_thresholds().cpu().tolist()
+                                 if threshold is not None else None),
+            "config": str(self.run_dir / "config.yaml"),
+            "metrics_csv": str(self.run_dir / "metrics.csv"),
+            "checkpoint_best": str(best) if best.is_file() else None,
+            "checkpoint_last": (str(ckpt.weights_file(self.ckpt_dir, "last"))
+                                if self.last_saved is not None else None),
+            "plots": [],
+        }
+
+
+@contextlib.contextmanager
+def _step_bar(console: Console | None, description: str, start: int,
+              end: int) -> Iterator[Callable[[int], None]]:
+    """A step bar on the run's console, so log lines print above it instead of through it."""
+    if console is None:
+        yield lambda _n: None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("steps"), TimeRemainingColumn())
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task(description, total=end, completed=start)
+        yield lambda n: bar.advance(task, n)
+
+
+def batch_stream(labelled_iter: Iterator[Any], unlabelled_iter: Iterator[Any] | None
+             ) -> Iterator[Batch]:
+    """Zip the two endless loader iterators into ``Batch`` objects."""
+    while True:
+        images, labels = next(labelled_iter)
+        if unlabelled_iter is None:
+            yield Batch(images, labels)
+        else:
+            weak, strong, indices = next(unlabelled_iter)
+            yield Batch(images, labels, weak, strong, indices)
+
+
+def _seed_everything(seed: int, deterministic: bool, device: torch.device) -> None:
+    """Same initial weights on every rank; cuDNN autotuning unless determinism is asked for."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not deterministic
