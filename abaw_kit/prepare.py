@@ -121,7 +121,7 @@ def frame_plan(release: Release, video: AnnotatedVideo,
 
 
 def prepare_video_from_crops(release: Release, video: AnnotatedVideo, frames: np.ndarray,
-                             labels: np.ndarray, pool: ThreadPoolExecutor,
+                             pool: ThreadPoolExecutor,
                              report: SplitReport) -> tuple[np.ndarray, np.ndarray]:
     """(has_face, faces) of one video from the organiser crops; bad jpgs become counted skips."""
     crops = crop_frames(release, video.name)
@@ -206,8 +206,7 @@ def prepare_split(work: Workspace, release: Release, split: str, videos: list[An
         if source == "crops":
             for video in todo:
                 frames, labels = frame_plan(release, video, example)
-                has_face, faces = prepare_video_from_crops(release, video, frames, labels,
-                                                           pool, report)
+                has_face, faces = prepare_video_from_crops(release, video, frames, pool, report)
                 writer.write_video(video.name, frames, labels, has_face, faces)
                 advance(1)
         else:
