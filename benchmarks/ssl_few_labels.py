@@ -3,7 +3,9 @@
 Keeps ``--fraction`` of the labelled demo train frames (stratified); the rest of the train frames
 and the demo's unlabelled face-recognition images form the unlabelled pool. Every method trains
 the same steps from the same demo config; the script prints val macro-F1 (raw frames, EMA
-weights) per method and seed, the means, and DTM minus none.
+weights) per method and seed, the means, and DTM minus none. For SSL runs it also prints, over
+the last quarter of training, the share of unlabelled images accepted and how many of the
+accepted pseudo-labels on withheld train frames are right (the ``pseudo_acc`` log column).
 
     python benchmarks/ssl_few_labels.py --fraction 0.05 --seeds 0 1 2 --steps 300
 """
@@ -11,6 +13,7 @@ weights) per method and seed, the means, and DTM minus none.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import statistics
 import tempfile
@@ -55,9 +58,10 @@ def main() -> None:
                             progress=False)
             f1 = float(summary["last_val_f1"])
             results[method].append(f1)
+            quality = late_pseudo_label_quality(Path(summary["metrics_csv"]))
             print(f"seed {seed}  {method:<10} val macro-F1 {f1:.4f}  "
-                  f"(best {summary['best_val_f1']:.4f}, {time.perf_counter() - start:.0f} s)",
-                  flush=True)
+                  f"(best {summary['best_val_f1']:.4f}, {time.perf_counter() - start:.0f} s)"
+                  + "".join(f"  {k} {v:.3f}" for k, v in quality.items()), flush=True)
     print(f"\nlabelled fraction {args.fraction:g}, {args.steps} steps, seeds {args.seeds}")
     print(f"{'method':<10} {'mean F1':>8} {'std':>7}")
     for method, scores in results.items():
@@ -69,6 +73,19 @@ def main() -> None:
     if args.out:
         args.out.write_text(json.dumps({"fraction": args.fraction, "steps": args.steps,
                                         "seeds": args.seeds, "val_f1": results}, indent=2))
+
+
+def late_pseudo_label_quality(metrics_csv: Path) -> dict[str, float]:
+    """Mean mask_ratio and pseudo_acc over the last quarter of the logged rows."""
+    with metrics_csv.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    late = rows[len(rows) * 3 // 4:]
+    quality = {}
+    for key in ("mask_ratio", "pseudo_acc"):
+        values = [float(r[key]) for r in late if r.get(key)]
+        if values:
+            quality[key] = statistics.mean(values)
+    return quality
 
 
 if __name__ == "__main__":

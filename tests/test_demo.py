@@ -10,6 +10,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -58,7 +59,7 @@ def test_layout_is_the_official_one(release: Path) -> None:
     assert {p.name for p in release.iterdir()} == {
         "6th_ABAW_Annotations", "cropped_aligned", "cropped_aligned_new_50_vids", "batch1",
         "batch2", "names_of_videos_in_each_test_set", "test_set_examples", "unlabeled",
-        "DEMO.json", "demo_test_labels.txt"}
+        "DEMO.json", "demo_test_labels.txt", "demo_unlabeled_labels.csv"}
     train = sorted(p.stem for p in (release / ANNOTATIONS / "Train_Set").glob("*.txt"))
     val = sorted(p.stem for p in (release / ANNOTATIONS / "Validation_Set").glob("*.txt"))
     assert len(train) == 14 and len(val) == 5
@@ -180,6 +181,19 @@ def test_example_file_lists_every_frame_of_every_test_video(release: Path) -> No
     assert shorter == 1 and without_face > 0
     assert [h.rsplit(",", 1)[0] for h in hidden[1:]] == [e[:-1] for e in example[1:]]
     assert {int(h.rsplit(",", 1)[1]) for h in hidden[1:]} <= set(range(NUM_CLASSES))
+
+
+def test_unlabeled_faces_have_hidden_labels_for_every_image(release: Path) -> None:
+    table = pd.read_csv(release / demo.UNLABELED_LABELS_FILE)
+    counts = read_demo_info(release)["counts"]["unlabeled"]
+    folder = table[~table["path"].str.contains("#")]
+    assert sorted(folder["path"]) == sorted(
+        str(p.relative_to(release)) for p in (release / demo.UNLABELED_FOLDER).rglob("*.jpg"))
+    assert len(table) - len(folder) == counts["recordio_images"]
+    assert table["label"].between(0, 7).all()
+    # drawn with the face-recognition class mix: mostly Neutral and Happiness
+    share = np.bincount(table["label"], minlength=8) / len(table)
+    assert share[0] + share[4] > 0.6
 
 
 def test_unlabeled_folder_and_recordio(release: Path) -> None:

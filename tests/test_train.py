@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 import abaw_kit.train.data as train_data
 from abaw_kit.config import TrainConfig, load_config, resolve_config
-from abaw_kit.data.store import FaceStoreWriter
+from abaw_kit.data.store import FaceStore, FaceStoreWriter
 from abaw_kit.errors import AbawError
 from abaw_kit.train.checkpoint import load_checkpoint
 from abaw_kit.train.run import train
@@ -151,6 +151,29 @@ def test_flexmatch_with_few_labels_and_workers(work: Workspace) -> None:
     # every class present in train keeps at least one labelled frame; the rest became unlabelled
     assert 0 < summary["labelled_frames"] < 2 * summary["unlabelled_images"]
     assert len(summary["class_thresholds"]) == 8
+
+
+def test_few_label_run_reports_pseudo_label_accuracy_on_withheld_labels(
+        work: Workspace) -> None:
+    cfg = tiny_config("data.labelled_fraction=0.3", ssl="fixmatch")
+    data = train_data.build_training_data(work, cfg)
+    store = FaceStore(work.store_dir("train"))
+    pool = data.unlabelled.pool
+    leftovers = pool.span(train_data.LEFTOVERS)
+    assert leftovers.stop == len(pool) and leftovers.stop - leftovers.start > 0
+    rows = pool.sources[train_data.LEFTOVERS].rows
+    assert (data.hidden_labels[leftovers] == store.index["label"].to_numpy()[rows]).all()
+    assert (data.hidden_labels[:leftovers.start] == -1).all()  # index images: no truth
+    # a cutoff below 1/8 accepts every pseudo-label, so the log reports their accuracy
+    train(work, tiny_config("data.labelled_fraction=0.3", "ssl.params.p_cutoff=0.01",
+                            ssl="fixmatch"), run_name="few", progress=False)
+    accuracy = [float(r["pseudo_acc"]) for r in read_metrics(work.runs_dir / "few")]
+    assert all(0.0 <= a <= 1.0 for a in accuracy)
+
+
+def test_full_label_run_has_no_pseudo_label_accuracy(work: Workspace) -> None:
+    data = train_data.build_training_data(work, tiny_config(ssl="fixmatch"))
+    assert data.hidden_labels is None
 
 
 def test_missing_unlabelled_index_is_a_clear_error(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ generated from a seed, so two runs give the same bytes. Layout under the output 
     unlabeled/folder/<id>/<n>.jpg, unlabeled/recordio/{train.rec,train.idx,property}
     DEMO.json                                   (seed, version, counts; marks a demo release)
     demo_test_labels.txt                        (hidden test labels, prediction format; demo only)
+    demo_unlabeled_labels.csv                   (hidden class of each unlabelled face; demo only)
 
 Real-data quirks reproduced on purpose: frames without a face have no crop (occlusion, turning
 away), runs of -1 labels, one video that decodes two frames longer than its annotation, and one
@@ -39,11 +40,14 @@ from abaw_kit.classes import ANNOTATION_HEADER, IGNORE_LABEL, NUM_CLASSES, SUBMI
 from abaw_kit.data import synthetic_faces as sf
 from abaw_kit.errors import AbawError
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 """Bump when the generated content changes, so cached demo folders are regenerated."""
 
 DEMO_MARKER = "DEMO.json"
 TEST_LABELS_FILE = "demo_test_labels.txt"
+UNLABELED_LABELS_FILE = "demo_unlabeled_labels.csv"
+"""path,label: the expression each unlabelled face was drawn with, for measuring how right
+pseudo-labels are (``unlabeled/folder/<id>/<n>.jpg`` or ``unlabeled/recordio/train.rec#<i>``)."""
 ANNOTATION_DIR = "6th_ABAW_Annotations/EXPR_Recognition_Challenge"
 SPLIT_DIRS = {"train": "Train_Set", "val": "Validation_Set"}
 CROPS_DIR = "cropped_aligned"
@@ -530,8 +534,9 @@ def _write_test_files(root: Path, test_videos: list[_Video]) -> None:
 
 
 def _unlabeled_faces(rng: np.random.Generator, count: int, per_identity: tuple[int, int],
-                     ) -> Iterator[tuple[int, bytes]]:
-    """Face-recognition-style images: (identity id, JPEG bytes), several photos per person."""
+                     ) -> Iterator[tuple[int, int, bytes]]:
+    """Face-recognition-style images: (identity id, class drawn, JPEG bytes), several photos
+    per person."""
     made, identity_id = 0, 0
     noise = _NoiseBank(rng, sf.FACE_SIZE, sf.FACE_SIZE, 3.0)
     probs = UNLABELED_CLASS_SHARE / UNLABELED_CLASS_SHARE.sum()
@@ -551,7 +556,8 @@ def _unlabeled_faces(rng: np.random.Generator, count: int, per_identity: tuple[i
             rgb, alpha = renderer.render(cues, pose, light)
             backdrop = rng.uniform(20, 235, 3).astype(np.float32)
             canvas = rgb * alpha[..., None] + backdrop * (1.0 - alpha[..., None])
-            yield identity_id, _jpeg_bytes(_to_uint8(sf.centre_crop(canvas) + noise.sample()))
+            yield identity_id, cls, _jpeg_bytes(
+                _to_uint8(sf.centre_crop(canvas) + noise.sample()))
             made += 1
         identity_id += 1
 
@@ -563,19 +569,23 @@ def _write_unlabeled(root: Path, seed: int, scale: float) -> dict[str, int]:
     recordio_count = max(40, round(1700 * scale))
     folder_root = root / UNLABELED_FOLDER
     per_identity: dict[int, int] = {}
-    for identity_id, jpeg in _unlabeled_faces(np.random.default_rng([seed, 11]), folder_count,
-                                              (6, 20)):
+    hidden = ["path,label"]
+    for identity_id, cls, jpeg in _unlabeled_faces(np.random.default_rng([seed, 11]),
+                                                   folder_count, (6, 20)):
         index = per_identity.get(identity_id, 0)
         per_identity[identity_id] = index + 1
         person = folder_root / f"{identity_id:05d}"
         person.mkdir(parents=True, exist_ok=True)
         (person / f"{index:03d}.jpg").write_bytes(jpeg)
+        hidden.append(f"{UNLABELED_FOLDER}/{identity_id:05d}/{index:03d}.jpg,{cls}")
     images: list[bytes] = []
     ids: list[float] = []
-    for identity_id, jpeg in _unlabeled_faces(np.random.default_rng([seed, 12]), recordio_count,
-                                              (6, 25)):
+    for identity_id, cls, jpeg in _unlabeled_faces(np.random.default_rng([seed, 12]),
+                                                   recordio_count, (6, 25)):
+        hidden.append(f"{UNLABELED_RECORDIO}/train.rec#{len(images)},{cls}")
         images.append(jpeg)
         ids.append(float(identity_id))
+    (root / UNLABELED_LABELS_FILE).write_text("\n".join(hidden) + "\n")
     rec_root = root / UNLABELED_RECORDIO
     rec_root.mkdir(parents=True, exist_ok=True)
     write_recordio(rec_root / "train.rec", rec_root / "train.idx", images, ids)

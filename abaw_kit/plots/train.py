@@ -22,6 +22,10 @@ LOSSES = {"loss": "total", "sup_loss": "supervised", "unsup_loss": "unlabelled c
           "fair_loss": "fairness (FreeMatch)"}
 
 
+PSEUDO_QUALITY = {"mask_ratio": "accepted share",
+                  "pseudo_acc": "accepted and right (withheld labels)"}
+
+
 def plot_training(metrics_csv: str | Path, out_dir: str | Path) -> list[Path]:
     """Every training PNG that has data; returns the paths written."""
     metrics_csv, out_dir = Path(metrics_csv), Path(out_dir)
@@ -34,7 +38,8 @@ def plot_training(metrics_csv: str | Path, out_dir: str | Path) -> list[Path]:
     written = [
         _lines(table, {k: v for k, v in LOSSES.items() if k in table}, out_dir / "losses.png",
                "Training losses", "loss"),
-        _lines(table, {"mask_ratio": "accepted share"}, out_dir / "mask_ratio.png",
+        _lines(table, {k: v for k, v in PSEUDO_QUALITY.items() if k in table},
+               out_dir / "mask_ratio.png",
                "Unlabelled images whose pseudo-label passes the threshold", "share", (0, 1.02)),
         _lines(table, {f"thr_{n}": n for n in CLASS_NAMES}, out_dir / "thresholds.png",
                "Per-class pseudo-label thresholds", "confidence threshold", (0, 1.02)),

@@ -33,6 +33,7 @@ from abaw_kit.workspace import Workspace
 
 LABELLED_STREAM, UNLABELLED_STREAM = 1, 2
 ASPECT_RANGE = (0.9, 1.1)  # aligned faces: crop jitter, barely any distortion
+LEFTOVERS = "few_label_leftovers"  # pool source: labelled frames the few-label protocol withholds
 NO_UNLABELLED = ("no unlabelled data: run `abaw ingest SOURCE` first, or use --ssl none")
 
 
@@ -238,6 +239,13 @@ class UnlabelledPool:
     def counts(self) -> dict[str, int]:
         return {name: len(src) for name, src in self.sources.items()}
 
+    def span(self, name: str) -> slice:
+        """Pool indices of one source (an empty slice when it has no images)."""
+        if name not in self.sources:
+            return slice(0, 0)
+        which = self.names.index(name)
+        return slice(int(self.ends[which - 1]) if which else 0, int(self.ends[which]))
+
     def image(self, i: int) -> np.ndarray:
         which = int(np.searchsorted(self.ends, i, side="right"))
         start = int(self.ends[which - 1]) if which else 0
@@ -276,6 +284,9 @@ class TrainingData:
     sample_weights: np.ndarray | None
     unlabelled: UnlabelledBatches | None
     unlabelled_counts: dict[str, int]
+    hidden_labels: np.ndarray | None = None
+    """Few-label protocol: the withheld label of each pool image (-1 where none is known), so
+    the loop can report how often accepted pseudo-labels are right. Never used for training."""
 
     @property
     def num_unlabelled(self) -> int:
@@ -298,12 +309,15 @@ def build_training_data(work: Workspace, cfg: TrainConfig, *, rank: int = 0,
                if cfg.data.balance == "sampler" else None)
     labelled = LabelledBatches(store, rows[keep], labels[keep], views, seed=cfg.train.seed,
                                rank=rank)
-    unlabelled, sources = None, {}
+    unlabelled, sources, hidden = None, {}, None
     if with_unlabelled:
         pool = build_unlabelled_pool(work, cfg.data, store, rows[~keep])
         unlabelled = UnlabelledBatches(pool, views, seed=cfg.train.seed, rank=rank)
         sources = pool.counts()
-    return TrainingData(labelled, counts, weights, unlabelled, sources)
+        if not keep.all():
+            hidden = np.full(len(pool), -1, np.int64)
+            hidden[pool.span(LEFTOVERS)] = labels[~keep]
+    return TrainingData(labelled, counts, weights, unlabelled, sources, hidden)
 
 
 def few_label_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -334,7 +348,7 @@ def build_unlabelled_pool(work: Workspace, cfg: DataConfig, store: FaceStore,
         sources["unlabeled_index"] = IndexImages(index)
     if cfg.use_affwild_unlabelled:
         sources["affwild_unlabelled"] = StoreRows(store, store.rows(labelled=False))
-    sources["few_label_leftovers"] = StoreRows(store, leftover_rows)
+    sources[LEFTOVERS] = StoreRows(store, leftover_rows)
     pool = UnlabelledPool(sources)
     if len(pool) == 0:
         raise AbawError(f"{NO_UNLABELLED} (data.use_unlabeled_index is off and the train store "

@@ -19,10 +19,12 @@ from abaw_kit.workspace import atomic_write_text
 
 THRESHOLD_COLUMNS = [f"thr_{name}" for name in CLASS_NAMES]
 PSEUDO_COLUMNS = [f"pl_{name}" for name in CLASS_NAMES]
-COLUMNS = ["step", "loss", "sup_loss", "unsup_loss", "fair_loss", "mask_ratio", "lr",
-           "images_per_s", *THRESHOLD_COLUMNS, *PSEUDO_COLUMNS, "val_f1"]
+COLUMNS = ["step", "loss", "sup_loss", "unsup_loss", "fair_loss", "mask_ratio",
+           "pseudo_acc", "lr", "images_per_s", *THRESHOLD_COLUMNS, *PSEUDO_COLUMNS, "val_f1"]
 """thr_*: per-class pseudo-label threshold; pl_*: accepted pseudo-labels per class in the
-interval; val_f1: validation macro-F1 of the EMA weights (rows where validation ran)."""
+interval; pseudo_acc: share of accepted pseudo-labels that match the withheld label (few-label
+protocol only; this rank's batches); val_f1: validation macro-F1 of the EMA weights (rows where
+validation ran)."""
 
 
 class Meter:
@@ -45,8 +47,13 @@ class Meter:
             values = total.cpu().tolist()
             if key == "pseudo_hist":
                 out.update(zip(PSEUDO_COLUMNS, (int(v) for v in values), strict=True))
+            elif key in ("pseudo_correct", "pseudo_checked"):
+                continue
             else:
                 out[key] = values / max(self.count, 1)
+        checked = self.sums.get("pseudo_checked")
+        if checked is not None and float(checked) > 0:
+            out["pseudo_acc"] = float(self.sums["pseudo_correct"]) / float(checked)
         self.sums, self.count = {}, 0
         return out
 

@@ -60,6 +60,8 @@ class TrainState:
     dist: DistContext
     class_weights: Tensor | None = None
     amp_dtype: torch.dtype | None = None
+    hidden_labels: Tensor | None = None  # few-label protocol only: see TrainingData
+
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.amp_dtype is None:
@@ -72,7 +74,8 @@ class TrainState:
 
 
 def build_state(cfg: TrainConfig, model: nn.Module, normalize: Normalizer, dist: DistContext,
-                threshold: Threshold | None, class_weights: Tensor | None) -> TrainState:
+                threshold: Threshold | None, class_weights: Tensor | None,
+                hidden_labels: Tensor | None = None) -> TrainState:
     """Optimiser, warm-up + cosine schedule, EMA, AMP and DDP around ``model`` (on its device)."""
     device = dist.device
     amp_dtype = None
@@ -95,8 +98,9 @@ def build_state(cfg: TrainConfig, model: nn.Module, normalize: Normalizer, dist:
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     weights = class_weights.to(device) if class_weights is not None else None
+    hidden = hidden_labels.to(device) if hidden_labels is not None else None
     return TrainState(cfg, wrapped, model, ema, optimizer, scheduler, scaler, threshold,
-                      normalize, dist, weights, amp_dtype)
+                      normalize, dist, weights, amp_dtype, hidden)
 
 
 def train_step(state: TrainState, batch: Batch) -> dict[str, Any]:
@@ -137,6 +141,11 @@ def unlabelled_loss(state: TrainState, weak_logits: Tensor, strong_logits: Tenso
                                            state.threshold.label_hist)
         loss = loss + ssl.fairness_weight * fairness
         logs["fair_loss"] = fairness.detach()
+    if state.hidden_labels is not None and indices is not None:
+        truth = state.hidden_labels[indices.to(state.hidden_labels.device)]
+        checked = mask * (truth >= 0)
+        logs["pseudo_checked"] = checked.sum()
+        logs["pseudo_correct"] = (checked * (pseudo == truth)).sum()
     return loss, logs
 
 

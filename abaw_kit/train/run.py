@@ -152,7 +152,9 @@ class TrainingRun:
                                cfg.data.input_size, dist.device, channels_last)
         weights = (class_loss_weights(self.data.class_counts, cfg.data.balance_power)
                    if cfg.data.balance == "weights" else None)
-        self.state = build_state(cfg, model, normalize, dist, threshold, weights)
+        hidden = (torch.from_numpy(data.hidden_labels) if data.hidden_labels is not None
+                  else None)
+        self.state = build_state(cfg, model, normalize, dist, threshold, weights, hidden)
         torch.manual_seed(cfg.train.seed * 1000 + 17 + dist.rank)  # dropout differs per rank
         self.val_store, self.val_rows = self._validation_set()
         self._describe()
@@ -290,6 +292,8 @@ class TrainingRun:
         self.metrics.write(row)
         if "loss" in row:
             extra = f" mask {row['mask_ratio']:.2f}" if "mask_ratio" in row else ""
+            if "pseudo_acc" in row:
+                extra += f" pseudo-label acc {row['pseudo_acc']:.2f}"
             self.log(f"step {step}: loss {row['loss']:.4f}{extra} lr {row['lr']:.2e}"
                      + (f" val F1 {val_f1:.4f}" if val_f1 is not None else ""))
 
