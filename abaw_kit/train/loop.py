@@ -62,7 +62,6 @@ class TrainState:
     amp_dtype: torch.dtype | None = None
     hidden_labels: Tensor | None = None  # few-label protocol only: see TrainingData
 
-
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
