@@ -208,7 +208,9 @@ def train(
     steps: Annotated[int | None, typer.Option(min=1, help="Training steps.")] = None,
     backbone: Annotated[str | None, typer.Option(help="Any timm model name.")] = None,
     pretrained: Annotated[str | None, typer.Option(
-        help="'timm' for timm's download, or a local .safetensors / state-dict file.")] = None,
+        help="'timm' for timm's download, 'imagenet' for torchvision's ImageNet file "
+             "(offline first), 'none', or a local .safetensors / state-dict file: timm's, "
+             "or torchvision's ImageNet file for mobilenetv2_100, resnet18..152.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run named by --run "
                                               "(default: the latest) exactly.")] = False,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda ...")] = None,

@@ -83,7 +83,11 @@ class ModelConfig:
 
     backbone: str = opt("resnet50", "any timm model name (timm.list_models())")
     pretrained: str = opt("timm", "initial weights: timm = timm's download (needs internet), "
-                          "none = random, or a local .safetensors / state-dict file")
+                          "imagenet = torchvision's ImageNet file for mobilenetv2_100, "
+                          "resnet18 or resnet50 (hub cache, offline package, else download), "
+                          "none = random, or a local .safetensors / state-dict file: timm's, "
+                          "or torchvision's ImageNet weights for mobilenetv2_100 and "
+                          "resnet18/34/50/101/152")
     drop_rate: float = opt(0.0, "dropout before the classifier", min=0.0, max=1.0, max_open=True)
     drop_path_rate: float = opt(0.05, "stochastic depth (models that support it)", min=0.0,
                                 max=1.0, max_open=True)
@@ -117,6 +121,24 @@ class SslConfig:
     lambda_u: float = opt(1.0, "weight of the unlabelled consistency loss", min=0.0)
     fairness_weight: float = opt(0.001, "weight of FreeMatch's self-adaptive fairness loss "
                                  "(freematch only)", min=0.0)
+    teacher: str = opt("student", "who labels the weak views: student = the network being "
+                       "trained (FixMatch), ema = its weight EMA in eval mode (mean teacher: "
+                       "steadier labels, and the student skips the weak forward)",
+                       choices=("student", "ema"))
+    unsup_start: int = opt(0, "supervised warm-up: steps before the unlabelled loss starts (the "
+                           "unlabelled stream is not forwarded before)", min=0)
+    unsup_ramp: int = opt(0, "steps over which lambda_u rises linearly from 0 after "
+                          "unsup_start (0 = full weight at once)", min=0)
+    unsup_balance: float = opt(0.0, "class-balance the unlabelled loss: accepted pseudo-labels "
+                               "weighted count(class)^-power within the batch (1 = every class "
+                               "the same total weight, 0 = off), as the labelled batches are "
+                               "balanced", min=0.0, max=1.0)
+    negative_weight: float = opt(0.0, "weight of selective negative learning on rejected "
+                                 "images: classes the teacher gives < negative_threshold are "
+                                 "complementary labels (0 = off)", min=0.0)
+    negative_threshold: float = opt(0.05, "teacher probability below which a class of a "
+                                    "rejected image counts as 'not this class'", min=0.0,
+                                    max=1.0, min_open=True)
     params: dict[str, Any] = opt({}, "threshold parameters passed to the method, e.g. "
                                  "{p_cutoff: 0.9}; unset ones keep the method's defaults; "
                                  "cleared when --ssl/--set picks another method than the file's")

@@ -62,7 +62,11 @@ def test_layout_is_the_official_one(release: Path) -> None:
         "DEMO.json", "demo_test_labels.txt", "demo_unlabeled_labels.csv"}
     train = sorted(p.stem for p in (release / ANNOTATIONS / "Train_Set").glob("*.txt"))
     val = sorted(p.stem for p in (release / ANNOTATIONS / "Validation_Set").glob("*.txt"))
-    assert len(train) == 14 and len(val) == 5
+    quirks = {split: sum(2 if v[4] else 1 for v in videos)
+              for split, videos in demo._QUIRK_VIDEOS.items()}
+    expected = {split: quirks[split] + round((demo.SUBJECTS_PER_SPLIT[split] - quirks[split])
+                                             * SCALE) for split in quirks}
+    assert (len(train), len(val)) == (expected["train"], expected["val"])
     assert {f"{TWO_PERSON}_left", f"{TWO_PERSON}_right"} <= set(train)
     assert TWO_PERSON not in train
     assert {p.suffix for p in (release / "batch1").iterdir()} == {".mp4"}
@@ -72,7 +76,7 @@ def test_layout_is_the_official_one(release: Path) -> None:
         assert (release / video["file"]).is_file(), name
         assert Path(video["file"]).stem == name
     tests = (release / demo.TEST_LIST_FILE).read_text().split()
-    assert len(tests) == 4 and not set(tests) & set(train + val)
+    assert len(tests) == expected["test"] and not set(tests) & set(train + val)
     for name in train + val + tests:
         assert re.fullmatch(r"\d{5}\.jpg", next(_crop_dir(release, name).iterdir()).name)
     assert len(list((release / demo.LATE_CROPS_DIR).iterdir())) == 2
@@ -131,8 +135,10 @@ def _detect(image: np.ndarray) -> list[dict]:
                                       min_size=(40, 40), max_size=(192, 192))
 
 
-def _mean_colour(image: np.ndarray) -> np.ndarray:
-    return image.reshape(-1, 3).astype(float).mean(axis=0)
+def _thumbnail(image: np.ndarray) -> np.ndarray:
+    """A 24x24 grey patch normalised for brightness and contrast: compares faces, not light."""
+    grey = np.asarray(Image.fromarray(image).convert("L").resize((24, 24)), dtype=float)
+    return (grey - grey.mean()) / (grey.std() + 1e-6)
 
 
 def test_two_person_video_left_crop_comes_from_left_face(release: Path) -> None:
@@ -140,19 +146,18 @@ def test_two_person_video_left_crop_comes_from_left_face(release: Path) -> None:
     left_dir = _crop_dir(release, f"{TWO_PERSON}_left")
     right_dir = _crop_dir(release, f"{TWO_PERSON}_right")
     checked = 0
-    for t in range(0, len(frames), 4):
+    for t in range(len(frames)):
         name = f"{t + 1:05d}.jpg"
         if not ((left_dir / name).is_file() and (right_dir / name).is_file()):
             continue
         boxes = sorted(_detect(frames[t]), key=lambda d: d["c"])
         if len(boxes) != 2 or boxes[0]["c"] + boxes[0]["width"] > boxes[1]["c"]:
             continue
-        faces = [_mean_colour(frames[t][b["r"]:b["r"] + b["height"], b["c"]:b["c"] + b["width"]])
+        faces = [_thumbnail(frames[t][b["r"]:b["r"] + b["height"], b["c"]:b["c"] + b["width"]])
                  for b in boxes]
         for crop_dir, own, other in ((left_dir, 0, 1), (right_dir, 1, 0)):
-            crop = np.asarray(Image.open(crop_dir / name))[20:100, 20:92]
-            colour = _mean_colour(crop)
-            assert np.linalg.norm(colour - faces[own]) < np.linalg.norm(colour - faces[other])
+            crop = _thumbnail(np.asarray(Image.open(crop_dir / name))[16:104, 16:96])
+            assert np.abs(crop - faces[own]).mean() < np.abs(crop - faces[other]).mean(), name
         checked += 1
     assert checked >= 3, "two faces were found side by side in too few frames"
 
@@ -219,9 +224,9 @@ def test_unlabeled_folder_and_recordio(release: Path) -> None:
 
 def test_class_counts_follow_the_affwild2_imbalance(release: Path) -> None:
     counts = demo_counts(seed=0, scale=1.0)
-    assert 3500 <= counts["train"]["frames"] <= 5000
-    assert 1000 <= counts["val"]["frames"] <= 2000
-    assert 900 <= counts["test"]["frames"] <= 1600
+    assert 4000 <= counts["train"]["frames"] <= 6000
+    assert 3500 <= counts["val"]["frames"] <= 5000
+    assert 3500 <= counts["test"]["frames"] <= 5000
     for split, official in (("train", demo.TRAIN_CLASS_SHARE), ("val", demo.VAL_CLASS_SHARE)):
         classes = np.array(counts[split]["class_counts"], dtype=float)
         share = classes / classes.sum()
@@ -316,3 +321,38 @@ def test_expressions_are_learnable_from_crops(release: Path) -> None:
     predicted = model.predict((x_val - mean) / std)
     score = f1_score(y_val, predicted, average="macro", labels=list(range(NUM_CLASSES)))
     assert score > 0.25
+
+
+def test_many_people_in_disjoint_splits() -> None:
+    """Demo v3 measures generalisation to new people: >= 60 / 20 / 20 annotated people, every
+    one a new identity, and >= 400 more people (few photos each) in the unlabelled faces."""
+    counts = demo_counts(seed=0, scale=1.0)
+    assert counts["train"]["annotation_files"] >= 60
+    assert counts["val"]["annotation_files"] >= 20 and counts["test"]["annotation_files"] >= 20
+    plan = demo._plan(0, 1.0)
+    identities = [s.identity for v in plan for s in v.subjects]
+    assert len(set(identities)) == len(identities)  # nobody appears twice, across splits too
+    unlabeled = demo._unlabeled_plan_counts(0, 1.0)
+    assert unlabeled["identities"] >= 400
+    assert unlabeled["images"] / unlabeled["identities"] <= 8
+
+
+def test_splits_look_alike() -> None:
+    """No split is recognisable by its look: per-split spread of skin tone, hair, glasses,
+    pose and light overlaps (the between-split spread is no larger than the within-split)."""
+    plan = demo._plan(0, 1.0)
+    features: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    for video in plan:
+        for subject in video.subjects:
+            ident = subject.identity
+            features[video.split].append(np.array([
+                np.mean(ident.skin_gain), np.mean(ident.hair_rgb) / 255, float(ident.glasses),
+                float(ident.beard > 0), ident.hair_style / 3, ident.face_width * 5,
+                np.mean([p.angle for p in subject.poses]) / 5,
+                np.mean([light.gain for light in subject.lights]),
+                np.mean([light.gradient for light in subject.lights])]))
+    per_split = {k: np.stack(v) for k, v in features.items()}
+    within = np.mean([x.std(axis=0) for x in per_split.values()], axis=0)
+    between = np.stack([x.mean(axis=0) for x in per_split.values()]).std(axis=0)
+    assert (between <= within).all(), (between, within)
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -32,11 +33,17 @@ def test_prepare_train_evaluate_submit(demo_root, tmp_path):
 
     trained = abaw("train", "--ssl", "dtm", "--steps", "12", "--set", "eval.every=6",
                    "--set", "train.log_every=3", "--set", "ssl.params.warmup_steps=3",
+                   "--set", "ssl.params.min_threshold=0.05",
                    "--run", "e2e", work=work)
     assert trained["completed"] and trained["steps"] == 12
     assert 0.0 <= trained["best_val_f1"] <= 1.0
     run_dir = work / "runs" / "e2e"
     assert (run_dir / "config.yaml").is_file() and (run_dir / "metrics.csv").is_file()
+    # the demo knows the class of its unlabelled faces: the log says how right pseudo-labels are
+    with (run_dir / "metrics.csv").open(newline="") as handle:
+        accuracy = [float(r["pseudo_acc"]) for r in csv.DictReader(handle) if r["pseudo_acc"]]
+    assert accuracy and all(0.0 <= a <= 1.0 for a in accuracy)
+    assert (run_dir / "plots" / "ssl_overview.png").is_file()
 
     evaluated = abaw("evaluate", "--split", "val", work=work)
     assert evaluated["run"] == "e2e" and 0.0 <= evaluated["macro_f1"] <= 1.0

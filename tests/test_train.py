@@ -133,7 +133,7 @@ def test_dtm_run_checkpoints_load_with_weights_only(work: Workspace) -> None:
     assert summary["unlabelled_images"] == 40 + summary_unlabelled_store_frames(work)
     rows = read_metrics(work.runs_dir / "dtm")
     assert all(r["thr_Fear"] and r["mask_ratio"] for r in rows)
-    assert {"thresholds.png", "mask_ratio.png"} <= {p.name for p in
+    assert {"thresholds.png", "mask_ratio.png", "ssl_overview.png"} <= {p.name for p in
                                                     (work.runs_dir / "dtm" / "plots").iterdir()}
 
 

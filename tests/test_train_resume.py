@@ -32,11 +32,16 @@ def final_state(work: Workspace, run: str) -> tuple[dict, dict]:
     return loaded
 
 
-@pytest.mark.parametrize(("ssl", "workers"), [("dtm", 0), ("flexmatch", 1)])
+@pytest.mark.parametrize(("ssl", "workers", "extra"), [
+    ("dtm", 0, ()), ("flexmatch", 1, ()),
+    # mean teacher, supervised warm-up + ramp and negative learning resume exactly too
+    ("dtm", 0, ("ssl.teacher=ema", "ssl.unsup_start=2", "ssl.unsup_ramp=2",
+                "ssl.negative_weight=0.5", "ssl.unsup_balance=1"))])
 def test_killed_and_resumed_run_matches_the_uninterrupted_run(work: Workspace, ssl: str,
-                                                              workers: int) -> None:
+                                                              workers: int,
+                                                              extra: tuple[str, ...]) -> None:
     # dropout makes the torch RNG matter; steps 5 and 6 replay after the checkpoint at 4
-    cfg = tiny_config(f"data.num_workers={workers}", "model.drop_rate=0.3", ssl=ssl)
+    cfg = tiny_config(f"data.num_workers={workers}", "model.drop_rate=0.3", *extra, ssl=ssl)
     train(work, cfg, run_name="whole", progress=False)
     stopped = train(work, cfg, run_name="split", progress=False, stop_after=5)
     assert not stopped["completed"] and stopped["steps"] == 5

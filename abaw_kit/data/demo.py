@@ -22,10 +22,17 @@ test video whose example entry stops three frames before the video ends.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
+from concurrent.futures import (
+    Executor,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    as_completed,
+)
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -40,14 +47,15 @@ from abaw_kit.classes import ANNOTATION_HEADER, IGNORE_LABEL, NUM_CLASSES, SUBMI
 from abaw_kit.data import synthetic_faces as sf
 from abaw_kit.errors import AbawError
 
-DEMO_VERSION = 2
+DEMO_VERSION = 3
 """Bump when the generated content changes, so cached demo folders are regenerated."""
 
 DEMO_MARKER = "DEMO.json"
 TEST_LABELS_FILE = "demo_test_labels.txt"
 UNLABELED_LABELS_FILE = "demo_unlabeled_labels.csv"
-"""path,label: the expression each unlabelled face was drawn with, for measuring how right
-pseudo-labels are (``unlabeled/folder/<id>/<n>.jpg`` or ``unlabeled/recordio/train.rec#<i>``)."""
+"""path,label,hash: the expression each unlabelled face was drawn with, for measuring how right
+pseudo-labels are (``unlabeled/folder/<id>/<n>.jpg`` or ``unlabeled/recordio/train.rec#<i>``;
+``hash`` is the content hash `abaw ingest` stores, so the trainer can match index rows)."""
 ANNOTATION_DIR = "6th_ABAW_Annotations/EXPR_Recognition_Challenge"
 SPLIT_DIRS = {"train": "Train_Set", "val": "Validation_Set"}
 CROPS_DIR = "cropped_aligned"
@@ -66,6 +74,8 @@ TRAIN_CLASS_SHARE = np.array([177198, 16573, 10771, 9080, 95463, 78751, 31615, 1
 VAL_CLASS_SHARE = np.array([82258, 6126, 5296, 8408, 34511, 25157, 12332, 106444], float)
 # Face-recognition data: mostly neutral and smiling people.
 UNLABELED_CLASS_SHARE = np.array([0.46, 0.04, 0.03, 0.02, 0.30, 0.06, 0.05, 0.04])
+UNLABELED_PER_IDENTITY = (2, 8)
+"""Photos per unlabelled person: like MS1MV2, many people with few photos each."""
 
 # name, container folder, extension, fps, two people, late crops folder, extra decoded frames
 _TRAIN_VIDEOS = [
@@ -96,7 +106,38 @@ _TEST_VIDEOS = [
     ("299", "batch1", "mp4", 30, False, False, 0),
     ("126-30-1080x1920", "batch2", "avi", 30, False, False, 0),
 ]
-_SPLIT_VIDEOS = {"train": _TRAIN_VIDEOS, "val": _VAL_VIDEOS, "test": _TEST_VIDEOS}
+_QUIRK_VIDEOS = {"train": _TRAIN_VIDEOS, "val": _VAL_VIDEOS, "test": _TEST_VIDEOS}
+"""The hand-made videos that carry the layout's quirks (two people, late crops, extra frames)."""
+SUBJECTS_PER_SPLIT = {"train": 64, "val": 20, "test": 20}
+"""Annotated people per split at scale >= 1 (disjoint identities): many people, so a split's
+score measures how well expressions generalise to people the model has not seen."""
+FRAMES_PER_SUBJECT = {"train": (50, 100), "val": (170, 250), "test": (170, 250)}
+"""Frame count range of one video at scale 1 (Aff-Wild2's are longer; 2 CPU cores set this).
+Val and test get longer videos: more episodes of the rare classes make their scores stable."""
+SEGMENT_FRAMES = (12, 60)
+"""Length range of one expression episode at scale 1 (of the common classes)."""
+RARE_BREVITY = 0.4
+"""Shortest episode length factor: a class of share s gets sqrt(s / 10%) of the common length
+range, at least this factor (Anger, Disgust, Fear: 6-24 frames)."""
+_NAME_STYLES = (("{n}", "batch1", "mp4", 30), ("video{n}", "batch2", "avi", 25),
+                ("{n}-30-1280x720", "batch1", "mp4", 30), ("{n}-25-640x480", "batch2", "avi", 25))
+_NAME_BASE = {"train": 300, "val": 600, "test": 800}
+
+
+def _split_videos(split: str, scale: float) -> list[tuple[str, str, str, int, bool, bool, int]]:
+    """The quirk videos plus generated one-person videos up to the split's subject count.
+
+    Below scale 1 the generated part shrinks with the scale (tests keep every quirk)."""
+    videos = list(_QUIRK_VIDEOS[split])
+    people = sum(2 if v[4] else 1 for v in videos)
+    extra = round(max(SUBJECTS_PER_SPLIT[split] - people, 0) * min(scale, 1.0))
+    for i in range(extra):
+        pattern, folder, ext, fps = _NAME_STYLES[i % len(_NAME_STYLES)]
+        videos.append((pattern.format(n=_NAME_BASE[split] + i), folder, ext, fps, False, False,
+                       0))
+    return videos
+GENERATION_PROCESSES = 2
+"""Rendering processes (the demo must generate in about a minute on a 2-core laptop)."""
 EXAMPLE_SHORTFALL = 3
 """Frames at the end of the first test video that its example entry leaves out."""
 
@@ -213,9 +254,13 @@ def _class_pieces(total: int, share: np.ndarray, rng: np.random.Generator,
     quotas = share / share.sum() * total
     pieces: list[tuple[int, int]] = []
     for cls in range(NUM_CLASSES):
-        remaining = max(float(quotas[cls]), float(lo))
-        while remaining >= lo / 2 or not any(c == cls for c, _ in pieces):
-            length = int(min(rng.integers(lo, hi + 1), max(lo, round(remaining))))
+        # Rare expressions come in short bursts: more, shorter episodes of the rare classes
+        # also make a split's per-class F1 rest on more than one or two episodes.
+        brevity = float(np.clip(np.sqrt(share[cls] / share.sum() / 0.1), RARE_BREVITY, 1.0))
+        c_lo, c_hi = max(2, round(lo * brevity)), max(2, round(hi * brevity))
+        remaining = max(float(quotas[cls]), float(c_lo))
+        while remaining >= c_lo / 2 or not any(c == cls for c, _ in pieces):
+            length = int(min(rng.integers(c_lo, c_hi + 1), max(c_lo, round(remaining))))
             pieces.append((cls, length))
             remaining -= length
     # Absorb the rounding difference in the most frequent classes (Neutral, Other).
@@ -337,8 +382,8 @@ def _make_subject(name: str, split: str, segments: list[Segment], rng: np.random
             labels[start:end] = IGNORE_LABEL
     hidden: list[str | None] = [None] * n_video
     longest = max(3, min(14, n_video // 25))  # short gaps: occlusion, turning away
-    for start, end in _runs(rng, n_video, int(rng.integers(1, 3)), (2, longest),
-                            np.zeros(n_video, bool)):
+    gaps = int(rng.integers(1, 3)) if n_video >= 40 else int(rng.integers(0, 2))  # tiny: tests
+    for start, end in _runs(rng, n_video, gaps, (2, longest), np.zeros(n_video, bool)):
         how = "hand" if rng.random() < 0.5 else "away"
         hidden[start:end] = [how] * (end - start)
     motion = np.clip(_smooth_noise(rng, n_video, 8, 12.0), -2.2, 2.2)
@@ -361,21 +406,23 @@ def _make_subject(name: str, split: str, segments: list[Segment], rng: np.random
     )
 
 
-def _frame_count(rng: np.random.Generator, scale: float) -> int:
-    return max(12, round(rng.integers(150, 401) * scale))
+def _frame_count(rng: np.random.Generator, split: str, scale: float) -> int:
+    low, high = FRAMES_PER_SUBJECT[split]
+    return max(12, round(rng.integers(low, high + 1) * scale))
 
 
 def _plan(seed: int, scale: float) -> list[_Video]:
     """All videos of the release, derived from the seed alone (no I/O)."""
     videos: list[_Video] = []
-    seg_range = (max(8, round(20 * min(scale, 1.0))), max(16, round(120 * min(scale, 1.0))))
+    low, high = SEGMENT_FRAMES
+    seg_range = (max(6, round(low * min(scale, 1.0))), max(12, round(high * min(scale, 1.0))))
     for split_id, split in enumerate(("train", "val", "test")):
         split_videos: list[_Video] = []
         slots: list[tuple[_Video, str, int, int]] = []
         for index, (name, folder, ext, fps, two_people, late, extra) in enumerate(
-                _SPLIT_VIDEOS[split]):
+                _split_videos(split, scale)):
             rng = np.random.default_rng([seed, split_id, index])
-            n_annotated = _frame_count(rng, scale)
+            n_annotated = _frame_count(rng, split, scale)
             n_video = n_annotated + extra
             if split == "test" and index == 0:
                 n_annotated = n_video - EXAMPLE_SHORTFALL
@@ -533,18 +580,38 @@ def _write_test_files(root: Path, test_videos: list[_Video]) -> None:
     (root / TEST_LABELS_FILE).write_text("\n".join(hidden) + "\n")
 
 
-def _unlabeled_faces(rng: np.random.Generator, count: int, per_identity: tuple[int, int],
-                     ) -> Iterator[tuple[int, int, bytes]]:
-    """Face-recognition-style images: (identity id, class drawn, JPEG bytes), several photos
+_UNLABELED_STREAMS = {"folder": (11, 900), "recordio": (12, 2100)}
+"""Unlabelled source -> (seed stream, images at scale 1)."""
+
+
+def _photos_per_person(seed: int, source: str, scale: float) -> list[int]:
+    """How many photos each unlabelled person of ``source`` has (planning only, no render)."""
+    stream, images = _UNLABELED_STREAMS[source]
+    count = max(20 if source == "folder" else 40, round(images * scale))
+    rng = np.random.default_rng([seed, stream, 0])
+    low, high = UNLABELED_PER_IDENTITY
+    sizes: list[int] = []
+    while sum(sizes) < count:
+        sizes.append(min(int(rng.integers(low, high + 1)), count - sum(sizes)))
+    return sizes
+
+
+def _unlabeled_plan_counts(seed: int, scale: float) -> dict[str, int]:
+    """Images and people of all unlabelled sources together (no rendering)."""
+    sizes = [n for source in _UNLABELED_STREAMS for n in _photos_per_person(seed, source, scale)]
+    return {"images": sum(sizes), "identities": len(sizes)}
+
+
+def _unlabeled_faces(seed: int, source: str, scale: float) -> Iterator[tuple[int, int, bytes]]:
+    """Face-recognition-style images: (identity id, class drawn, JPEG bytes), a few photos
     per person."""
-    made, identity_id = 0, 0
+    rng = np.random.default_rng([seed, _UNLABELED_STREAMS[source][0]])
     noise = _NoiseBank(rng, sf.FACE_SIZE, sf.FACE_SIZE, 3.0)
     probs = UNLABELED_CLASS_SHARE / UNLABELED_CLASS_SHARE.sum()
-    while made < count:
+    for identity_id, photos in enumerate(_photos_per_person(seed, source, scale)):
         identity = sf.sample_identity(rng)
         renderer = sf.FaceRenderer(identity)
-        for _ in range(min(int(rng.integers(per_identity[0], per_identity[1] + 1)),
-                           count - made)):
+        for _ in range(photos):
             cls = int(rng.choice(NUM_CLASSES, p=probs))
             target = sf.other_cues(rng) if cls == 7 else sf.PROTOTYPES[cls]
             cues = (np.asarray(identity.rest_cues) + rng.uniform(0.3, 1.0) * target
@@ -558,31 +625,28 @@ def _unlabeled_faces(rng: np.random.Generator, count: int, per_identity: tuple[i
             canvas = rgb * alpha[..., None] + backdrop * (1.0 - alpha[..., None])
             yield identity_id, cls, _jpeg_bytes(
                 _to_uint8(sf.centre_crop(canvas) + noise.sample()))
-            made += 1
-        identity_id += 1
 
 
 def _write_unlabeled(root: Path, seed: int, scale: float) -> dict[str, int]:
+    from abaw_kit.unlabeled.images import content_hash
     from abaw_kit.unlabeled.recordio import write_recordio
 
-    folder_count = max(20, round(800 * scale))
-    recordio_count = max(40, round(1700 * scale))
     folder_root = root / UNLABELED_FOLDER
     per_identity: dict[int, int] = {}
-    hidden = ["path,label"]
-    for identity_id, cls, jpeg in _unlabeled_faces(np.random.default_rng([seed, 11]),
-                                                   folder_count, (6, 20)):
+    hidden = ["path,label,hash"]
+    for identity_id, cls, jpeg in _unlabeled_faces(seed, "folder", scale):
         index = per_identity.get(identity_id, 0)
         per_identity[identity_id] = index + 1
         person = folder_root / f"{identity_id:05d}"
         person.mkdir(parents=True, exist_ok=True)
         (person / f"{index:03d}.jpg").write_bytes(jpeg)
-        hidden.append(f"{UNLABELED_FOLDER}/{identity_id:05d}/{index:03d}.jpg,{cls}")
+        hidden.append(f"{UNLABELED_FOLDER}/{identity_id:05d}/{index:03d}.jpg,{cls},"
+                      f"{content_hash(jpeg).hex()}")
     images: list[bytes] = []
     ids: list[float] = []
-    for identity_id, cls, jpeg in _unlabeled_faces(np.random.default_rng([seed, 12]),
-                                                   recordio_count, (6, 25)):
-        hidden.append(f"{UNLABELED_RECORDIO}/train.rec#{len(images)},{cls}")
+    for identity_id, cls, jpeg in _unlabeled_faces(seed, "recordio", scale):
+        hidden.append(f"{UNLABELED_RECORDIO}/train.rec#{len(images)},{cls},"
+                      f"{content_hash(jpeg).hex()}")
         images.append(jpeg)
         ids.append(float(identity_id))
     (root / UNLABELED_LABELS_FILE).write_text("\n".join(hidden) + "\n")
@@ -591,8 +655,8 @@ def _write_unlabeled(root: Path, seed: int, scale: float) -> dict[str, int]:
     write_recordio(rec_root / "train.rec", rec_root / "train.idx", images, ids)
     num_ids = int(max(ids)) + 1
     (rec_root / "property").write_text(f"{num_ids},{sf.FACE_SIZE},{sf.FACE_SIZE}\n")
-    return {"folder_images": folder_count, "folder_identities": len(per_identity),
-            "recordio_images": recordio_count, "recordio_identities": num_ids}
+    return {"folder_images": sum(per_identity.values()), "folder_identities": len(per_identity),
+            "recordio_images": len(images), "recordio_identities": num_ids}
 
 
 def _split_counts(videos: list[_Video]) -> dict[str, Any]:
@@ -625,14 +689,20 @@ def _video_info(video: _Video) -> dict[str, Any]:
 def _write_release(root: Path, seed: int, scale: float, progress: bool) -> None:
     videos = _plan(seed, scale)
     steps = len(videos) + 1
-    with _progress(progress, steps) as advance:
-        for index, video in enumerate(videos):
-            _write_video(root, video, seed, index)
+    with _progress(progress, steps) as advance, _pool() as pool:
+        # Every job draws from its own seeded generator, so the bytes do not depend on the
+        # number of processes or the order in which jobs finish.
+        unlabeled_job = pool.submit(_write_unlabeled, root, seed, scale)
+        jobs = {pool.submit(_write_video, root, video, seed, index): video
+                for index, video in enumerate(videos)}
+        for job in as_completed(jobs):
+            job.result()
+            advance(f"video {jobs[job].name}")
+        for video in videos:
             if video.split != "test":
                 _write_annotations(root, video)
-            advance(f"video {video.name}")
         _write_test_files(root, [v for v in videos if v.split == "test"])
-        unlabeled = _write_unlabeled(root, seed, scale)
+        unlabeled = unlabeled_job.result()
         advance("unlabelled faces")
     info = {
         "seed": seed, "version": DEMO_VERSION, "scale": scale,
@@ -642,6 +712,19 @@ def _write_release(root: Path, seed: int, scale: float, progress: bool) -> None:
         "videos": {v.name: _video_info(v) for v in videos},
     }
     (root / DEMO_MARKER).write_text(json.dumps(info, indent=2) + "\n")
+
+
+@contextmanager
+def _pool() -> Iterator[Executor]:
+    """Processes for the rendering (one per core, at most ``GENERATION_PROCESSES``)."""
+    workers = max(1, min(GENERATION_PROCESSES, len(os.sched_getaffinity(0))))
+    if workers == 1:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            yield pool
+        return
+    with ProcessPoolExecutor(max_workers=workers,
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool
 
 
 @contextmanager

@@ -19,11 +19,11 @@ from abaw_kit.workspace import atomic_path
 
 DPI = 110
 LOSSES = {"loss": "total", "sup_loss": "supervised", "unsup_loss": "unlabelled consistency",
-          "fair_loss": "fairness (FreeMatch)"}
+          "fair_loss": "fairness (FreeMatch)", "neg_loss": "negative learning"}
 
 
 PSEUDO_QUALITY = {"mask_ratio": "accepted share",
-                  "pseudo_acc": "accepted and right (withheld labels)"}
+                  "pseudo_acc": "accepted that are right (where the class is known)"}
 
 
 def plot_training(metrics_csv: str | Path, out_dir: str | Path) -> list[Path]:
@@ -46,8 +46,41 @@ def plot_training(metrics_csv: str | Path, out_dir: str | Path) -> list[Path]:
         _pseudo_histogram(table, out_dir / "pseudo_labels.png"),
         _lines(table, {"val_f1": "val macro-F1 (EMA weights)"}, out_dir / "val_f1.png",
                "Validation macro-F1 (raw frames)", "macro-F1", markers=True),
+        _ssl_overview(table, out_dir / "ssl_overview.png"),
     ]
     return [path for path in written if path is not None]
+
+
+def _ssl_overview(table: pd.DataFrame, path: Path) -> Path | None:
+    """The SSL story on one shared step axis: thresholds, what they let through (and how much
+    of it is right), and what that does to val macro-F1."""
+    thresholds = [f"thr_{n}" for n in CLASS_NAMES if f"thr_{n}" in table]
+    if not thresholds or table[thresholds].dropna(how="all").empty:
+        return None
+    fig = Figure(figsize=(8, 8))
+    axes = fig.subplots(3, 1, sharex=True)
+    for column, name in zip(thresholds, CLASS_NAMES, strict=False):
+        data = table[["step", column]].dropna()
+        axes[0].plot(data["step"], data[column], label=name)
+    axes[0].set_ylabel("per-class threshold")
+    axes[0].set_ylim(0, 1.02)
+    axes[0].legend(fontsize=7, ncol=4)
+    for column, label in PSEUDO_QUALITY.items():
+        if column in table and table[column].notna().any():
+            data = table[["step", column]].dropna()
+            axes[1].plot(data["step"], data[column], label=label)
+    axes[1].set_ylabel("share")
+    axes[1].set_ylim(0, 1.02)
+    axes[1].legend(fontsize=7)
+    if "val_f1" in table and table["val_f1"].notna().any():
+        data = table[["step", "val_f1"]].dropna()
+        axes[2].plot(data["step"], data["val_f1"], marker="o", markersize=3)
+    axes[2].set_ylabel("val macro-F1")
+    axes[2].set_xlabel("step")
+    axes[0].set_title("Pseudo-labels and validation over training")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
 
 
 def _lines(table: pd.DataFrame, columns: dict[str, str], path: Path, title: str, ylabel: str,

@@ -14,7 +14,12 @@ from abaw_kit.ssl.dtm import DynamicThreshold
 from abaw_kit.ssl.fixmatch import FixedThreshold
 from abaw_kit.ssl.flexmatch import FlexMatchThreshold
 from abaw_kit.ssl.freematch import FreeMatchThreshold
-from abaw_kit.ssl.losses import consistency_loss, freematch_fairness_loss
+from abaw_kit.ssl.losses import (
+    class_balance_weights,
+    consistency_loss,
+    freematch_fairness_loss,
+    negative_learning_loss,
+)
 from abaw_kit.ssl.none import NoThreshold
 from abaw_kit.ssl.registry import (
     THRESHOLDS,
@@ -32,8 +37,10 @@ __all__ = [
     "NoThreshold",
     "Threshold",
     "available_thresholds",
+    "class_balance_weights",
     "consistency_loss",
     "freematch_fairness_loss",
     "make_threshold",
+    "negative_learning_loss",
     "register_threshold",
 ]

@@ -13,13 +13,18 @@ RandAugment on top (strong).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from PIL import Image
 from timm.data.auto_augment import rand_augment_transform
@@ -285,8 +290,9 @@ class TrainingData:
     unlabelled: UnlabelledBatches | None
     unlabelled_counts: dict[str, int]
     hidden_labels: np.ndarray | None = None
-    """Few-label protocol: the withheld label of each pool image (-1 where none is known), so
-    the loop can report how often accepted pseudo-labels are right. Never used for training."""
+    """The true class of each pool image where known (-1 elsewhere): withheld labels of the
+    few-label protocol, and the demo's record of its unlabelled faces. The loop reports how
+    often accepted pseudo-labels are right (``pseudo_acc``). Never used for training."""
 
     @property
     def num_unlabelled(self) -> int:
@@ -314,10 +320,33 @@ def build_training_data(work: Workspace, cfg: TrainConfig, *, rank: int = 0,
         pool = build_unlabelled_pool(work, cfg.data, store, rows[~keep])
         unlabelled = UnlabelledBatches(pool, views, seed=cfg.train.seed, rank=rank)
         sources = pool.counts()
-        if not keep.all():
-            hidden = np.full(len(pool), -1, np.int64)
-            hidden[pool.span(LEFTOVERS)] = labels[~keep]
+        hidden = np.full(len(pool), -1, np.int64)
+        hidden[pool.span(LEFTOVERS)] = labels[~keep]
+        index_span = pool.span("unlabeled_index")
+        known = known_unlabelled_classes(work) if index_span.stop > index_span.start else None
+        if known is not None and len(known) == index_span.stop - index_span.start:
+            hidden[index_span] = known
+        hidden = hidden if (hidden >= 0).any() else None
     return TrainingData(labelled, counts, weights, unlabelled, sources, hidden)
+
+
+def known_unlabelled_classes(work: Workspace) -> np.ndarray | None:
+    """Diagnostics only: the true class of each unlabelled-index image where it is known (-1
+    elsewhere), or None. Known on the built-in demo, whose generator recorded the class each
+    face-recognition image was drawn with, matched to the index by the content hash."""
+    from abaw_kit.data.demo import UNLABELED_LABELS_FILE
+
+    try:
+        source = json.loads(work.source_file.read_text())
+        truth_file = Path(source["data_root"]) / UNLABELED_LABELS_FILE
+        if not source.get("is_demo") or not truth_file.is_file():
+            return None
+        truth = pd.read_csv(truth_file, usecols=["label", "hash"], dtype={"hash": str})
+        hashes = pq.read_table(work.unlabeled_dir / "index.parquet", columns=["hash"])
+    except (OSError, ValueError, KeyError, pa.ArrowException):
+        return None  # an older demo or no readable record: the diagnostic is simply absent
+    by_hash = dict(zip(truth["hash"], truth["label"].astype(np.int64), strict=True))
+    return np.array([by_hash.get(h, -1) for h in hashes.column("hash").to_pylist()], np.int64)
 
 
 def few_label_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:

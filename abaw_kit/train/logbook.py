@@ -19,12 +19,13 @@ from abaw_kit.workspace import atomic_write_text
 
 THRESHOLD_COLUMNS = [f"thr_{name}" for name in CLASS_NAMES]
 PSEUDO_COLUMNS = [f"pl_{name}" for name in CLASS_NAMES]
-COLUMNS = ["step", "loss", "sup_loss", "unsup_loss", "fair_loss", "mask_ratio",
+COLUMNS = ["step", "loss", "sup_loss", "unsup_loss", "fair_loss", "neg_loss", "mask_ratio",
            "pseudo_acc", "lr", "images_per_s", *THRESHOLD_COLUMNS, *PSEUDO_COLUMNS, "val_f1"]
 """thr_*: per-class pseudo-label threshold; pl_*: accepted pseudo-labels per class in the
-interval; pseudo_acc: share of accepted pseudo-labels that match the withheld label (few-label
-protocol only; this rank's batches); val_f1: validation macro-F1 of the EMA weights (rows where
-validation ran)."""
+interval; neg_loss: selective negative learning; pseudo_acc: share of accepted pseudo-labels
+that match the true class, among pool images whose class is known (few-label withheld frames,
+the demo's unlabelled faces; this rank's batches); val_f1: validation macro-F1 of the EMA
+weights (rows where validation ran)."""
 
 
 class Meter:
@@ -32,13 +33,13 @@ class Meter:
 
     def __init__(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
-        self.count = 0
+        self.counts: dict[str, int] = {}  # per key: steps of a supervised warm-up log no SSL keys
 
     def add(self, logs: dict[str, torch.Tensor]) -> None:
         for key, value in logs.items():
             value = value.detach().float()
             self.sums[key] = self.sums[key] + value if key in self.sums else value.clone()
-        self.count += 1
+            self.counts[key] = self.counts.get(key, 0) + 1
 
     def flush(self) -> dict[str, Any]:
         """Interval means (histogram: totals) as Python numbers; resets the meter."""
@@ -50,11 +51,11 @@ class Meter:
             elif key in ("pseudo_correct", "pseudo_checked"):
                 continue
             else:
-                out[key] = values / max(self.count, 1)
+                out[key] = values / max(self.counts[key], 1)
         checked = self.sums.get("pseudo_checked")
         if checked is not None and float(checked) > 0:
             out["pseudo_acc"] = float(self.sums["pseudo_correct"]) / float(checked)
-        self.sums, self.count = {}, 0
+        self.sums, self.counts = {}, {}
         return out
 
 

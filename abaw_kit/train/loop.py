@@ -22,7 +22,13 @@ from torch import Tensor, nn
 
 from abaw_kit.classes import NUM_CLASSES
 from abaw_kit.config import TrainConfig
-from abaw_kit.ssl import Threshold, consistency_loss, freematch_fairness_loss
+from abaw_kit.ssl import (
+    Threshold,
+    class_balance_weights,
+    consistency_loss,
+    freematch_fairness_loss,
+    negative_learning_loss,
+)
 from abaw_kit.train.distributed import DistContext
 from abaw_kit.train.model import Normalizer
 
@@ -102,10 +108,29 @@ def build_state(cfg: TrainConfig, model: nn.Module, normalize: Normalizer, dist:
                       normalize, dist, weights, amp_dtype, hidden)
 
 
-def train_step(state: TrainState, batch: Batch) -> dict[str, Any]:
-    """Forward pass and losses of one step: ``{"loss": Tensor, "logs": {name: Tensor}}``."""
+def unsup_weight(cfg: TrainConfig, step: int) -> float:
+    """lambda_u at ``step``: 0 during the supervised warm-up, then a linear ramp to lambda_u."""
+    ssl = cfg.ssl
+    if step < ssl.unsup_start:
+        return 0.0
+    if ssl.unsup_ramp <= 0:
+        return ssl.lambda_u
+    return ssl.lambda_u * min(1.0, (step - ssl.unsup_start + 1) / ssl.unsup_ramp)
+
+
+def train_step(state: TrainState, batch: Batch, step: int = 0) -> dict[str, Any]:
+    """Forward pass and losses of one step: ``{"loss": Tensor, "logs": {name: Tensor}}``.
+
+    With ``ssl.teacher: ema`` the weak views go through the EMA weights without a graph, and
+    the student forwards only the labelled and strong views.
+    """
     labels = batch.labels.to(state.dist.device, non_blocking=True)
-    parts = [batch.images] if batch.weak is None else [batch.images, batch.weak, batch.strong]
+    weight = unsup_weight(state.cfg, step) if batch.weak is not None else 0.0
+    use_unlabelled = batch.weak is not None and weight > 0
+    from_teacher = use_unlabelled and state.cfg.ssl.teacher == "ema"
+    parts = [batch.images]
+    if use_unlabelled:
+        parts += [batch.strong] if from_teacher else [batch.weak, batch.strong]
     with state.autocast():
         logits = state.model(torch.cat([state.normalize(p) for p in parts])).float()
     if not state.dist.all_true(torch.isfinite(logits.detach()).all()):
@@ -114,27 +139,55 @@ def train_step(state: TrainState, batch: Batch) -> dict[str, Any]:
     sup = F.cross_entropy(logits[:n], labels, weight=state.class_weights,
                           label_smoothing=state.cfg.optim.label_smoothing)
     logs: dict[str, Tensor] = {"sup_loss": sup.detach(), "loss": sup.detach()}
-    if batch.weak is None:
+    if not use_unlabelled:
         return {"loss": sup, "logs": logs}
-    weak_logits, strong_logits = logits[n:].chunk(2)
-    unsup, unsup_logs = unlabelled_loss(state, weak_logits, strong_logits, batch.indices)
+    if from_teacher:
+        weak_logits, strong_logits = teacher_logits(state, batch.weak), logits[n:]
+    else:
+        weak_logits, strong_logits = logits[n:].chunk(2)
+    unsup, unsup_logs = unlabelled_loss(state, weak_logits, strong_logits, batch.indices,
+                                        weight)
     loss = sup + unsup
     return {"loss": loss, "logs": {**logs, **unsup_logs, "loss": loss.detach()}}
 
 
+@torch.no_grad()
+def teacher_logits(state: TrainState, weak: Tensor) -> Tensor:
+    """The EMA weights' logits on the weak views (eval mode: its running BN statistics)."""
+    teacher = state.ema.module
+    was_training = teacher.training
+    teacher.eval()
+    with state.autocast():
+        logits = teacher(state.normalize(weak)).float()
+    teacher.train(was_training)
+    return logits
+
+
 def unlabelled_loss(state: TrainState, weak_logits: Tensor, strong_logits: Tensor,
-                    indices: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
-    """Consistency on accepted pseudo-labels (+ FreeMatch fairness), and what to log."""
+                    indices: Tensor | None, weight: float) -> tuple[Tensor, dict[str, Tensor]]:
+    """Consistency on accepted pseudo-labels (+ FreeMatch fairness, + negative learning on
+    the rejected ones), and what to log."""
     assert state.threshold is not None
     probs = weak_logits.detach().softmax(dim=1)
     mask, global_probs, global_mask = shared_mask(state, probs, indices)
     pseudo = probs.argmax(dim=1)
-    consistency = consistency_loss(strong_logits, pseudo, mask)
     ssl = state.cfg.ssl
-    loss = ssl.lambda_u * consistency
+    weights = mask
+    if ssl.unsup_balance > 0:  # counted over all ranks' accepted labels, applied to our rows
+        all_weights = class_balance_weights(global_probs.argmax(dim=1), global_mask,
+                                            NUM_CLASSES, ssl.unsup_balance)
+        n, rank = probs.shape[0], state.dist.rank
+        weights = all_weights[rank * n:(rank + 1) * n]
+    consistency = consistency_loss(strong_logits, pseudo, weights)
+    loss = weight * consistency
     logs = {"unsup_loss": consistency.detach(), "mask_ratio": global_mask.mean(),
             "pseudo_hist": torch.bincount(global_probs.argmax(dim=1), weights=global_mask,
                                           minlength=NUM_CLASSES)}
+    if ssl.negative_weight > 0:
+        negative = negative_learning_loss(strong_logits, probs, 1.0 - mask,
+                                          ssl.negative_threshold)
+        loss = loss + weight / max(ssl.lambda_u, 1e-12) * ssl.negative_weight * negative
+        logs["neg_loss"] = negative.detach()
     if ssl.method == "freematch" and ssl.fairness_weight > 0:
         fairness = freematch_fairness_loss(strong_logits, mask, state.threshold.p_model,
                                            state.threshold.label_hist)

@@ -1,8 +1,12 @@
 """The network: any timm backbone with an 8-way head, and the weights it starts from.
 
-``model.pretrained`` is ``timm`` (timm's own download), ``none`` (random init) or a local file
+``model.pretrained`` is ``timm`` (timm's own download), ``imagenet`` (torchvision's ImageNet
+file, found offline first: ``imagenet_weights.py``), ``none`` (random init) or a local file
 (.safetensors, or a PyTorch state dict read with ``weights_only=True``). From a local file the
 classifier of another shape (e.g. ImageNet's 1000 classes) is dropped and re-initialised.
+A local file may also be torchvision's ImageNet weights for mobilenetv2_100, resnet18/34/50/101/152
+(e.g. ``mobilenet_v2-b0353104.pth``): renamed and checked tensor by tensor in ``pretrained.py``,
+and the run then normalises with the mean/std those weights were trained with.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from torch import nn
 from abaw_kit.classes import NUM_CLASSES
 from abaw_kit.config import ModelConfig
 from abaw_kit.errors import AbawError
+from abaw_kit.train.imagenet_weights import imagenet_weights_file
+from abaw_kit.train.pretrained import Mapped, detect_layout, map_torchvision
 
 
 @dataclass
@@ -32,11 +38,18 @@ class WeightsReport:
     dropped_shape: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
+    layout: str | None = None  # a mapped foreign file, e.g. "torchvision resnet50"; None: timm's
+    mean: tuple[float, ...] | None = None  # the normalisation the file's weights were trained
+    std: tuple[float, ...] | None = None  # with (None: timm's config for the backbone)
+    zeroed: list[str] = field(default_factory=list)  # BN batch counters the file lacks
 
     def summary(self) -> str:
         parts = [f"{self.loaded} tensors loaded from {self.source}"]
+        if self.layout is not None:
+            parts[0] += f" ({self.layout}, mapped to timm names; mean {self.mean} std {self.std})"
         for label, keys in (("re-initialised (other shape)", self.dropped_shape),
-                            ("missing", self.missing), ("unexpected", self.unexpected)):
+                            ("missing", self.missing), ("unexpected", self.unexpected),
+                            ("BN counters set to 0 (not in the file)", self.zeroed)):
             if keys:
                 shown = ", ".join(keys[:4]) + (" ..." if len(keys) > 4 else "")
                 parts.append(f"{len(keys)} {label}: {shown}")
@@ -63,7 +76,9 @@ def create_model(cfg: ModelConfig, *, num_classes: int = NUM_CLASSES,
         kwargs["drop_path_rate"] = cfg.drop_path_rate
     model = _timm_model(cfg.backbone, source == "timm", kwargs)
     report = None
-    if source not in ("timm", "none"):
+    if source == "imagenet":
+        report = load_pretrained_file(model, imagenet_weights_file(cfg.backbone))
+    elif source not in ("timm", "none"):
         report = load_pretrained_file(model, Path(source).expanduser())
     return model, report
 
@@ -86,8 +101,14 @@ def _timm_model(name: str, download: bool, kwargs: dict[str, Any]) -> nn.Module:
 
 
 def load_pretrained_file(model: nn.Module, path: Path) -> WeightsReport:
-    """Initialise ``model`` from a local file; keys of another shape are left as initialised."""
+    """Initialise ``model`` from a local file; keys of another shape are left as initialised.
+
+    A torchvision file is mapped strictly (``pretrained.py``); a timm-layout file by name and shape.
+    """
     state = read_state_dict(path)
+    layout = detect_layout(state)
+    if layout is not None:
+        return _load_mapped(model, map_torchvision(state, layout, model, path), path)
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     report = WeightsReport(source=str(path), loaded=len(usable))
@@ -99,6 +120,19 @@ def load_pretrained_file(model: nn.Module, path: Path) -> WeightsReport:
         raise AbawError(f"--pretrained {path}: none of its {len(state)} tensors fits this "
                         "backbone (wrong model.backbone for these weights?)")
     return report
+
+
+def _load_mapped(model: nn.Module, mapped: Mapped, path: Path) -> WeightsReport:
+    """Load a mapped file and make the model's data config carry the file's mean/std."""
+    result = model.load_state_dict(mapped.state, strict=False)
+    if result.unexpected_keys or set(result.missing_keys) != set(mapped.dropped_head):
+        raise AbawError(f"--pretrained {path}: internal mapping error ({result})")  # checked before
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    cfg.update(mean=mapped.mean, std=mapped.std)
+    model.pretrained_cfg = model.default_cfg = cfg  # what model_data_config (timm) reads
+    return WeightsReport(source=str(path), loaded=len(mapped.state) - len(mapped.zeroed_counters),
+                         dropped_shape=sorted(mapped.dropped_head), layout=mapped.layout,
+                         mean=mapped.mean, std=mapped.std, zeroed=mapped.zeroed_counters)
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -126,8 +160,12 @@ def _unwrap(state: Any, path: Path) -> dict[str, torch.Tensor]:
             state = state[key]
             break
     if not isinstance(state, dict) or not state:
-        raise AbawError(f"--pretrained {path}: expected a mapping of tensor names to tensors")
+        raise AbawError(f"--pretrained {path}: expected a mapping of tensor names to tensors, "
+                        f"found {type(state).__name__}")
     tensors = {str(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise AbawError(f"--pretrained {path}: expected a mapping of tensor names to tensors, "
+                        "found a mapping without tensors")
     if tensors and all(k.startswith(("model.", "ema.")) for k in tensors):
         tensors = {k.removeprefix("ema."): v for k, v in tensors.items() if k.startswith("ema.")}
     if tensors and all(k.startswith("module.") for k in tensors):
@@ -136,7 +174,10 @@ def _unwrap(state: Any, path: Path) -> dict[str, torch.Tensor]:
 
 
 def model_data_config(model: nn.Module) -> dict[str, Any]:
-    """mean/std the backbone expects, from its timm pretrained config."""
+    """mean/std the backbone expects, from its timm pretrained config.
+
+    After a torchvision file that config carries the file's mean/std (``_load_mapped``).
+    """
     data_cfg = resolve_data_config({}, model=model)
     return {"mean": [float(v) for v in data_cfg["mean"]],
             "std": [float(v) for v in data_cfg["std"]]}

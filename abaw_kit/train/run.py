@@ -258,7 +258,7 @@ class TrainingRun:
             for step in range(start, end):
                 batch = next(batches)
                 try:
-                    out = train_step(self.state, batch)
+                    out = train_step(self.state, batch, step)
                     optimizer_step(self.state, out["loss"], step)
                 except NonFiniteLoss:
                     self._stop_diverged(step + 1)

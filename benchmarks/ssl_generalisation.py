@@ -1,0 +1,189 @@
+"""Does semi-supervised training on unlabelled faces generalise to new people? (issue #9 table)
+
+Trains every method of ``--methods`` for every seed of ``--seeds`` on the demo, with the same
+demo config and step budget within a setting, and scores the final EMA weights on raw frames
+(no smoothing) of the validation split and of the demo's hidden test labels; both splits hold
+people the model never saw. Settings:
+
+- ``all``: the paper's setting: every labelled train frame + the demo's face-recognition images;
+- ``few``: ``--fraction`` of the labelled train frames; the rest join the unlabelled pool.
+
+For each setting it prints mean +- std per method and, for every method against ``none``, the
+per-seed paired difference (same seed = same labelled subset, same initialisation) with its
+mean and spread. ``--pretrained FILE`` starts every run from that file (e.g. torchvision's
+ImageNet MobileNetV2 with ``--set model.backbone=mobilenetv2_100``).
+
+    python benchmarks/ssl_generalisation.py --settings all few --seeds 0 1 2 --out table.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from abaw_kit import submission as sub
+from abaw_kit.config import resolve_train_config
+from abaw_kit.data.demo import TEST_LABELS_FILE
+from abaw_kit.data.store import FaceStore
+from abaw_kit.infer import load_run_model, predict_rows
+from abaw_kit.metrics import macro_f1
+from abaw_kit.prepare import PrepareOptions, ingest_demo_unlabeled, prepare
+from abaw_kit.train.run import train
+from abaw_kit.workspace import Workspace
+
+METHODS = ("none", "fixmatch", "flexmatch", "freematch", "dtm")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=None,
+                        help="workspace (default: a temporary one, demo generated there)")
+    parser.add_argument("--settings", nargs="+", default=["all", "few"], choices=("all", "few"))
+    parser.add_argument("--fraction", type=float, default=0.1,
+                        help="labelled fraction of the 'few' setting")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=None, help="default: the demo config's")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--pretrained", default=None, help="initial weights file for every run")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="extra config overrides, key=value (every run)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
+    args = parser.parse_args()
+
+    work = Workspace(args.work or Path(tempfile.mkdtemp(prefix="abaw-ssl-")))
+    data_root = ensure_demo_workspace(work)
+    scorer = SplitScorer(work, data_root)
+    results: dict[str, Any] = {"settings": {}, "args": vars(args) | {"work": str(work.root)}}
+    started = time.perf_counter()
+    for setting in args.settings:
+        rows = run_setting(work, scorer, setting, args)
+        results["settings"][setting] = rows
+        print_summary(setting, rows, args.methods)
+        if args.out:
+            write_json(args.out, results)
+    minutes = (time.perf_counter() - started) / 60
+    results["minutes"] = round(minutes, 1)
+    print(f"\nall runs: {minutes:.1f} min")
+    if args.out:
+        write_json(args.out, results)
+
+
+def ensure_demo_workspace(work: Workspace) -> Path:
+    """Prepare the demo (train, val, test) and ingest its unlabelled faces once."""
+    if not (work.store_dir("test") / "index.parquet").is_file():
+        prepare(work, PrepareOptions(splits=("train", "val", "test")))
+    root = Path(json.loads(work.source_file.read_text())["data_root"])
+    ingest_demo_unlabeled(work, root)
+    return root
+
+
+class SplitScorer:
+    """Raw-frame macro-F1 of a run's final EMA weights on val and on the demo's hidden test."""
+
+    def __init__(self, work: Workspace, data_root: Path) -> None:
+        self.stores = {split: FaceStore(work.store_dir(split)) for split in ("val", "test")}
+        truth = sub.read_predictions(data_root / TEST_LABELS_FILE)
+        index = self.stores["test"].index[["video", "frame"]].reset_index(drop=True)
+        merged = index.merge(truth, on=["video", "frame"], how="left")
+        self.labels = {"val": self.stores["val"].index["label"].to_numpy(np.int64),
+                       "test": merged["label"].fillna(-1).to_numpy(np.int64)}
+
+    def __call__(self, run_dir: Path) -> dict[str, float]:
+        loaded = load_run_model(run_dir, device="cpu", which="last")
+        scores = {}
+        for split, store in self.stores.items():
+            rows = store.rows(labelled=None, with_face=True)
+            rows = rows[self.labels[split][rows] >= 0]
+            probs = predict_rows(loaded.model, loaded.normalize, store, rows, batch_size=256)
+            scores[split] = round(macro_f1(self.labels[split][rows], probs.argmax(axis=1)), 4)
+        return scores
+
+
+def run_setting(work: Workspace, scorer: SplitScorer, setting: str,
+                args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for seed in args.seeds:
+        for method in args.methods:
+            overrides = [f"train.seed={seed}", *args.overrides]
+            if setting == "few":
+                overrides.append(f"data.labelled_fraction={args.fraction}")
+            if args.steps:
+                overrides.append(f"train.steps={args.steps}")
+            if args.pretrained:
+                overrides.append(f"model.pretrained={args.pretrained}")
+            cfg = resolve_train_config(work, "demo", overrides, {"ssl": method})
+            start = time.perf_counter()
+            summary = train(work, cfg, run_name=f"{setting}-{method}-s{seed}-{stamp}",
+                            progress=False)
+            scores = scorer(Path(summary["run_dir"]))
+            seconds = time.perf_counter() - start
+            quality = late_pseudo_label_quality(Path(summary["metrics_csv"]))
+            rows.append({"method": method, "seed": seed, **scores, **quality,
+                         "seconds": round(seconds)})
+            print(f"{setting:<4} seed {seed} {method:<10} val {scores['val']:.4f} "
+                  f"test {scores['test']:.4f} ({seconds:.0f} s)"
+                  + "".join(f"  {k} {v:.3f}" for k, v in quality.items()), flush=True)
+    return rows
+
+
+def late_pseudo_label_quality(metrics_csv: Path) -> dict[str, float]:
+    """Mean mask_ratio and pseudo_acc (where known) over the last quarter of the logged rows."""
+    with metrics_csv.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    late = rows[len(rows) * 3 // 4:]
+    quality = {}
+    for key in ("mask_ratio", "pseudo_acc"):
+        values = [float(r[key]) for r in late if r.get(key)]
+        if values:
+            quality[key] = round(statistics.mean(values), 4)
+    return quality
+
+
+def print_summary(setting: str, rows: list[dict[str, Any]], methods: list[str]) -> None:
+    print(f"\nsetting '{setting}': raw-frame macro-F1, mean +- std over seeds")
+    print(f"{'method':<10} {'val':>15} {'test':>15} {'val - none':>20} {'test - none':>20}")
+    by = {(r["method"], r["seed"]): r for r in rows}
+    for method in methods:
+        mine = [r for r in rows if r["method"] == method]
+        cells = [_mean_std([r[split] for r in mine]) for split in ("val", "test")]
+        diffs = []
+        for split in ("val", "test"):
+            paired = [r[split] - by[("none", r["seed"])][split] for r in mine
+                      if ("none", r["seed"]) in by]
+            diffs.append(_mean_std(paired, signed=True) if method != "none" and paired else "")
+        print(f"{method:<10} {cells[0]:>15} {cells[1]:>15} {diffs[0]:>20} {diffs[1]:>20}")
+    baseline = [r for r in rows if r["method"] == "none"]
+    if len(baseline) > 1:  # issue #9's demo checks: val and test agree, seeds agree
+        gap = abs(statistics.mean(r["val"] for r in baseline)
+                  - statistics.mean(r["test"] for r in baseline))
+        spread = statistics.stdev(r["val"] for r in baseline)
+        print(f"demo checks (none): |val - test| {gap:.4f} (target <= 0.05), "
+              f"seed std of val {spread:.4f} (target <= 0.015)")
+
+
+def _mean_std(values: list[float], signed: bool = False) -> str:
+    if not values:
+        return ""
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    mean = statistics.mean(values)
+    return f"{mean:+.4f} +- {std:.4f}" if signed else f"{mean:.4f} +- {std:.4f}"
+
+
+def write_json(path: Path, results: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""The SSL levers around the thresholds: mean teacher, supervised warm-up, negative learning."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from abaw_kit.config import resolve_config
+from abaw_kit.ssl import class_balance_weights, make_threshold, negative_learning_loss
+from abaw_kit.train.distributed import DistContext
+from abaw_kit.train.loop import Batch, build_state, train_step, unsup_weight
+from abaw_kit.train.model import Normalizer
+
+
+def test_unsup_weight_is_zero_in_warm_up_then_ramps_to_lambda_u() -> None:
+    cfg = resolve_config(None, ["ssl.lambda_u=2", "ssl.unsup_start=10", "ssl.unsup_ramp=4"])
+    weights = [unsup_weight(cfg, step) for step in range(8, 16)]
+    assert weights == [0.0, 0.0, 0.5, 1.0, 1.5, 2.0, 2.0, 2.0]
+    cfg = resolve_config(None, ["ssl.lambda_u=1.5"])
+    assert unsup_weight(cfg, 0) == 1.5
+
+
+def test_negative_learning_pushes_down_only_unlikely_classes_of_rejected_images() -> None:
+    strong = torch.zeros(2, 4, requires_grad=True)
+    weak = torch.tensor([[0.70, 0.27, 0.02, 0.01],   # rejected: classes 2 and 3 are "not"
+                         [0.97, 0.01, 0.01, 0.01]])  # accepted: no negative labels
+    loss = negative_learning_loss(strong, weak, rejected=torch.tensor([1.0, 0.0]),
+                                  threshold=0.05)
+    loss.backward()
+    assert loss.item() == pytest.approx(-torch.log(torch.tensor(0.75)).item() / 2)
+    grad = strong.grad
+    assert grad is not None
+    assert (grad[1] == 0).all()  # the accepted image is left to the positive pseudo-label
+    assert grad[0, 2] > 0 and grad[0, 3] > 0  # descent lowers the logits of "not" classes
+    assert grad[0, 0] < 0 and grad[0, 1] < 0
+    nothing = negative_learning_loss(strong, weak, torch.zeros(2), 0.05)
+    assert nothing.item() == 0.0
+
+
+class RowCounter(torch.nn.Module):
+    """A tiny classifier that remembers how many rows each forward pass saw."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(3, 8)
+        self.rows: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.rows.append(x.shape[0])
+        return self.head(x.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize(("teacher", "step", "student_rows", "teacher_rows"), [
+    ("student", 5, [4 + 8 + 8], []),   # FixMatch: labelled + weak + strong through the student
+    ("ema", 5, [4 + 8], [8]),          # mean teacher: the weak views go through the EMA only
+    ("ema", 1, [4], []),               # supervised warm-up: no unlabelled forward at all
+])
+def test_who_sees_which_views(teacher: str, step: int, student_rows: list[int],
+                              teacher_rows: list[int]) -> None:
+    cfg = resolve_config(None, [f"ssl.teacher={teacher}", "ssl.unsup_start=3",
+                                "ssl.params.p_cutoff=0.01"], {"ssl": "fixmatch"})
+    model = RowCounter()
+    dist = DistContext(rank=0, world_size=1, device=torch.device("cpu"))
+    state = build_state(cfg, model, Normalizer([0.5] * 3, [0.2] * 3, 8, dist.device), dist,
+                        make_threshold("fixmatch", 8, p_cutoff=0.01), None)
+    state.ema.module.rows = []
+    generator = torch.Generator().manual_seed(0)
+
+    def images(n: int) -> torch.Tensor:
+        return torch.randint(0, 255, (n, 8, 8, 3), generator=generator, dtype=torch.uint8)
+
+    batch = Batch(images(4), torch.arange(4), images(8), images(8), torch.arange(8))
+    model.rows.clear()
+    out = train_step(state, batch, step)
+    assert model.rows == student_rows
+    assert state.ema.module.rows == teacher_rows
+    assert ("mask_ratio" in out["logs"]) == (step >= 3)
+
+
+def test_class_balance_gives_every_accepted_class_the_same_total_weight() -> None:
+    pseudo = torch.tensor([0, 0, 0, 0, 4, 3, 3, 5])
+    mask = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0])  # two rejected
+    weights = class_balance_weights(pseudo, mask, 8, power=1.0)
+    per_class = torch.zeros(8).index_add_(0, pseudo, weights)
+    assert torch.allclose(per_class[[0, 3, 4]], torch.full((3,), 2.0))  # 6 accepted, 3 classes
+    assert weights[6] == 0 and weights[7] == 0  # rejected stay out
+    assert weights.sum() == pytest.approx(mask.sum())
+    assert torch.equal(class_balance_weights(pseudo, mask, 8, power=0.0), mask)
+    nothing = torch.zeros(8)
+    assert torch.equal(class_balance_weights(pseudo, nothing, 8, power=1.0), nothing)
