@@ -51,6 +51,8 @@ def test_killed_prepare_resumes_to_the_same_store(tmp_path):
     assert 0 < written < 12, "the kill should land mid-way"
     assert not (work / "faces" / "train" / "index.parquet").exists()
 
+    # what a kill during a shard write leaves (the kill above may or may not have hit one)
+    (shards / ".clip03.parquet.stale1234.parquet").write_bytes(b"PAR1")
     rerun = subprocess.run(prepare_cmd(root, work), check=True, capture_output=True, text=True)
     assert '"videos_already_done"' in rerun.stdout
     clean, resumed = FaceStore(tmp_path / "clean" / "faces" / "train"), FaceStore(shards.parent)

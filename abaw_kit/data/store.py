@@ -80,7 +80,16 @@ class FaceStoreWriter:
         with atomic_path(self.split_dir / "index.parquet", suffix=".parquet") as tmp:
             index.to_parquet(tmp, index=False)
         atomic_write_json(self.split_dir / "meta.json", {**meta, **store_counts(index)})
+        self._sweep_leftovers()
         return index
+
+    def _sweep_leftovers(self) -> None:
+        """Remove temporary shard files a killed run left behind (shard names never start
+        with a dot, temporary files always do): a resumed store is as clean as a fresh one."""
+        if self.shard_dir.is_dir():
+            for leftover in self.shard_dir.glob(".*"):
+                if leftover.is_file():
+                    leftover.unlink(missing_ok=True)
 
 
 def store_counts(index: pd.DataFrame) -> dict[str, int]:
