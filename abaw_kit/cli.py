@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from abaw_kit.errors import AbawError
+from abaw_kit.errors import AbawError, environment_error_message
 from abaw_kit.workspace import Workspace
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -44,6 +44,12 @@ def user_errors(func: F) -> F:
             if kwargs.get("debug"):
                 raise
             console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except OSError as exc:  # disk full, read-only, a path under a file...: not our bug
+            if kwargs.get("debug"):
+                raise
+            console.print(f"[bold red]error:[/] {environment_error_message(exc)}",
+                          highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print("[yellow]interrupted; rerun the same command to resume[/]")
@@ -168,7 +174,10 @@ def ingest(
     """Unlabelled face data (MS1MV2, Glint360K, WebFace, folders) -> the unlabelled index."""
     from abaw_kit.unlabeled import ingest as ingest_mod
 
-    ws = Workspace.resolve(work).ensure()
+    ws = Workspace.resolve(work)
+    if not merge:  # refuse an output inside a source before creating any folder
+        ingest_mod.check_out_dir(ws.unlabeled_dir, sources)
+    ws = ws.ensure()
     if merge:
         result = ingest_mod.merge(ws.unlabeled_dir)
     else:
@@ -239,13 +248,19 @@ def evaluate(
     split: Annotated[str, typer.Option(help="Split to score (val).")] = "val",
     run: RunOpt = None,
     smooth: Annotated[str, typer.Option(
-        help="none | mean:W | median:W | gauss:SIGMA | auto (W in frames, or seconds as 0.5s).")
+        help="none | mean:W | median:W | gauss:SIGMA | auto (W in frames, or seconds as 0.5s). "
+             "A window or sigma longer than the split's longest video, or a sigma above 1000 "
+             "frames, is an error (never clamped).")
     ] = "auto",
     predictions: Annotated[Path | None, typer.Option(
         "--predictions", help="Score an existing ABAW-format prediction file (no model).")] = None,
     write_predictions: Annotated[Path | None, typer.Option(
-        "--write-predictions", help="Also write the split's predictions in challenge format.")
+        "--write-predictions", help="Also write the split's predictions in challenge format "
+                                    "to this new file (an existing one needs --force; never "
+                                    "inside the data root).")
     ] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Overwrite an existing --write-predictions file.")] = False,
     batch_size: Annotated[int, typer.Option(min=1)] = 256,
     device: DeviceOpt = "auto",
     work: WorkOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False,
@@ -255,7 +270,7 @@ def evaluate(
 
     ws = Workspace.resolve(work)
     result = evaluate_split(ws, split=split, run=run, smooth=smooth, predictions_file=predictions,
-                            write_predictions=write_predictions, device=device,
+                            write_predictions=write_predictions, force=force, device=device,
                             batch_size=batch_size, progress=not as_json)
     emit(result, as_json, *evaluation_tables(result))
 
@@ -265,13 +280,17 @@ def evaluate(
 def submit(
     run: RunOpt = None,
     out: Annotated[Path | None, typer.Option(
-        "--out", help="Output file [default: submissions/<numbered name>.txt].")] = None,
+        "--out", help="Output file, or a folder for a numbered name; an existing file needs "
+                      "--force, and nothing is written inside the data root [default: "
+                      "<work>/submissions/expr_submission_<n>.txt].")] = None,
     smooth: Annotated[str | None, typer.Option(
         help="Smoothing [default: the choice `evaluate --smooth auto` recorded in the run].")
     ] = None,
     check: Annotated[Path | None, typer.Option(
         "--check", help="Only validate an existing submission file against the example file.")
     ] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Overwrite an existing --out file.")] = False,
     batch_size: Annotated[int, typer.Option(min=1)] = 256,
     device: DeviceOpt = "auto",
     work: WorkOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False,
@@ -284,8 +303,8 @@ def submit(
         result = check_file(check, ws)
         title = f"{check} is a valid submission"
     else:
-        result = make_submission(ws, run=run, out=out, smooth=smooth, device=device,
-                                 batch_size=batch_size, progress=not as_json)
+        result = make_submission(ws, run=run, out=out, smooth=smooth, force=force,
+                                 device=device, batch_size=batch_size, progress=not as_json)
         title = "submission written and validated"
     emit(result, as_json, kv_table(title, _flat(result)))
 
@@ -295,10 +314,15 @@ def submit(
 def predict(
     videos: Annotated[list[Path], typer.Argument(help="Video files (.mp4, .avi, ...).")],
     run: RunOpt = None,
-    out_dir: Annotated[Path, typer.Option("--out-dir", help="Where CSVs and PNGs go.")] = Path(
-        "predictions"),
-    smooth: Annotated[str | None, typer.Option(help="Smoothing [default: the run's choice].")
-    ] = None,
+    out_dir: Annotated[Path | None, typer.Option(
+        "--out-dir", help="Where CSVs and PNGs go, one <name>.csv/.png per video (same-stem "
+                          "videos get their parent folder's name in front) [default: "
+                          "<work>/predictions].")] = None,
+    smooth: Annotated[str | None, typer.Option(
+        help="Smoothing [default: the run's choice]; a window longer than the video is an "
+             "error.")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Overwrite CSVs and PNGs an earlier predict wrote.")] = False,
     detector: Annotated[str, typer.Option(help="Face detector.")] = "retinaface",
     detector_weights: Annotated[Path | None, typer.Option(help="Local detector weights.")] = None,
     detect_every: Annotated[int, typer.Option(min=1)] = 1,
@@ -311,7 +335,8 @@ def predict(
     ws = Workspace.resolve(work)
     result = predict_videos(ws, videos, run=run, out_dir=out_dir, smooth=smooth,
                             detector=detector, detector_weights=detector_weights,
-                            detect_every=detect_every, device=device, progress=not as_json)
+                            detect_every=detect_every, device=device, force=force,
+                            progress=not as_json)
     table = Table(title="predictions")
     for column in ("video", "frames", "frames with face", "csv", "timeline"):
         table.add_column(column)

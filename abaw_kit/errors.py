@@ -1,4 +1,7 @@
-"""One exception type for problems the user can fix; the CLI prints it as one line."""
+"""One exception type for problems the user can fix, and the one-line text of machine faults;
+the CLI prints either as one line."""
+
+import errno
 
 
 class AbawError(Exception):
@@ -6,3 +9,29 @@ class AbawError(Exception):
 
     The CLI turns it into a one-line message and a non-zero exit (traceback only with --debug).
     """
+
+
+def environment_error_message(exc: OSError) -> str:
+    """One line for a fault of the machine rather than of the input (disk full, read-only
+    folder, a path under a file...): what failed, where, and that a rerun is safe.
+
+    Why a rerun is safe: every output is written to a temporary file and renamed, and long jobs
+    resume from what they finished, so the fault cost time, not results.
+    """
+    where = exc.filename or "a file"
+    if exc.filename2:
+        where = f"{exc.filename} -> {exc.filename2}"
+    advice = {
+        errno.ENOSPC: "free some space (or use another --work/--out) and rerun the same command",
+        errno.EDQUOT: "free some space (or use another --work/--out) and rerun the same command",
+        errno.EROFS: "the file system is read-only: choose a writable --work/--out",
+        errno.EACCES: "no permission: choose a folder you can write, or fix its permissions",
+        errno.EPERM: "no permission: choose a folder you can write, or fix its permissions",
+        errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
+        errno.EEXIST: "a file is in the way of a folder: choose another path",
+        errno.ENOENT: "the path does not exist: check the spelling",
+        errno.EISDIR: "expected a file, got a folder",
+    }.get(exc.errno or -1, "check the path and rerun the same command")
+    reason = exc.strerror or type(exc).__name__
+    return (f"{reason} ({where}); {advice}; finished work is kept and a rerun resumes where "
+            "it stopped")

@@ -31,9 +31,11 @@ from abaw_kit.metrics import frame_report, macro_f1
 from abaw_kit.plots.eval import plot_confusion, plot_f1_vs_window, plot_per_class_f1
 from abaw_kit.smoothing import (
     SmoothSpec,
+    check_fits,
     choose_smoothing,
     fill_missing,
     groups_without_faces,
+    longest_group,
     parse_spec,
 )
 from abaw_kit.smoothing import smooth as apply_smoothing
@@ -77,6 +79,50 @@ def _filled(probs: np.ndarray, videos: pd.Series) -> tuple[np.ndarray, dict[str,
     empty = groups_without_faces(probs, videos)
     return fill_missing(probs, videos), {"frames_filled": int(missing.sum()),
                                          "videos_without_face": empty}
+
+
+# ----------------------------------------------------------------------------- output paths
+
+
+def _source_record(work: Workspace) -> dict[str, Any]:
+    """The workspace's source.json as `prepare` wrote it; empty before `prepare`."""
+    source = work.source_file
+    if not source.is_file():
+        return {}
+    try:
+        record = json.loads(source.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AbawError(f"{source}: not valid JSON ({exc}); rerun `abaw prepare`") from exc
+    if not isinstance(record, dict):
+        raise AbawError(f"{source}: expected a JSON object; rerun `abaw prepare`")
+    return record
+
+
+def data_root(work: Workspace) -> Path | None:
+    """The release folder `prepare` read (recorded in source.json), or None before `prepare`."""
+    recorded = _source_record(work).get("data_root")
+    return Path(recorded).expanduser().resolve() if recorded else None
+
+
+def output_file(work: Workspace, path: str | Path, *, force: bool, option: str) -> Path:
+    """``path`` if it may be written: never inside the data root, even with ``force``, and an
+    existing file only with ``force``, so one mistyped path cannot replace a release annotation
+    or an earlier result. ``option`` names the flag the user gave the path with."""
+    path = Path(path).expanduser()
+    root = data_root(work)
+    target = path.resolve()
+    if root is not None and (target == root or root in target.parents):
+        raise AbawError(f"{path} is inside the data root {root} (the release `abaw prepare` "
+                        f"read); nothing is written there, even with --force: choose another "
+                        f"{option}")
+    if path.is_dir():
+        raise AbawError(f"{option} {path} is a folder; expected a file path")
+    if path.exists() and not path.is_file():
+        raise AbawError(f"{option} {path} exists and is not a regular file; expected a file path")
+    if (path.exists() or path.is_symlink()) and not force:
+        raise AbawError(f"{path} already exists; pass --force to overwrite it or choose another "
+                        f"{option}")
+    return path
 
 
 # ----------------------------------------------------------------------------- smoothing choice
@@ -124,13 +170,16 @@ def _auto_spec(work: Workspace, run_dir: Path, provider: ProbabilityProvider,
 
 def evaluate_split(work: Workspace, split: str = "val", run: str | None = None,
                    smooth: str | SmoothSpec = "auto", predictions_file: str | Path | None = None,
-                   write_predictions: str | Path | None = None, device: str = "auto",
-                   batch_size: int = 256, progress: bool = False, fps: float = DEFAULT_FPS,
+                   write_predictions: str | Path | None = None, force: bool = False,
+                   device: str = "auto", batch_size: int = 256, progress: bool = False,
+                   fps: float = DEFAULT_FPS,
                    probabilities: ProbabilityProvider | None = None) -> dict[str, Any]:
     """Score a split: an ABAW-format file (``predictions_file``, no model) or a run's model.
 
     With a model: F1 before and after smoothing, per class, per video; ``smooth='auto'`` picks the
     filter on val and records it for `abaw submit`. Writes the report and plots into the run.
+    ``write_predictions`` must be a new file (or ``force``) outside the data root; it and the
+    smoothing window are checked before the model runs.
     """
     store = FaceStore(work.store_dir(split))
     index = store.index
@@ -144,10 +193,13 @@ def evaluate_split(work: Workspace, split: str = "val", run: str | None = None,
                             "--predictions")
         return score_file(predictions_file, index, split)
     spec = parse_spec(smooth)
+    videos = index["video"]
+    check_fits(spec, longest_group(videos), fps)
+    out_file = (output_file(work, write_predictions, force=force, option="--write-predictions")
+                if write_predictions is not None else None)
     run_dir = work.run_dir(run)
     provider = probabilities or model_probabilities(device, batch_size, progress)
     raw = _split_probabilities(provider, run_dir, store, split)
-    videos = index["video"]
     has_face = ~np.isnan(raw).any(axis=1)
     filled, fill_report = _filled(raw, videos)
     before = macro_f1(labels, filled.argmax(axis=1))
@@ -173,8 +225,8 @@ def evaluate_split(work: Workspace, split: str = "val", run: str | None = None,
         **report, **fill_report,
         "smoothing_table": table,
     }
-    if write_predictions is not None:
-        path = sub.write_predictions(write_predictions, videos, index["frame"], preds)
+    if out_file is not None:
+        path = sub.write_predictions(out_file, videos, index["frame"], preds)
         result["predictions_file"] = str(Path(path).resolve())
     result["plots"] = _evaluation_plots(run_dir, split, report, table)
     result["report_file"] = str(run_dir / f"eval_{split}.json")
@@ -243,13 +295,9 @@ def load_example(work: Workspace) -> tuple[pd.DataFrame, str]:
     from abaw_kit.data.release import read_example_file
 
     source = work.source_file
-    if source.is_file():
-        try:
-            recorded = json.loads(source.read_text()).get("example_file")
-        except json.JSONDecodeError as exc:
-            raise AbawError(f"{source}: not valid JSON ({exc.msg}); rerun `abaw prepare`") from exc
-        if recorded and Path(recorded).is_file():
-            return read_example_file(recorded), str(recorded)
+    recorded = _source_record(work).get("example_file")
+    if recorded and Path(recorded).is_file():
+        return read_example_file(recorded), str(recorded)
     test_dir = work.store_dir("test")
     if (test_dir / "index.parquet").is_file():
         index = FaceStore(test_dir).index
@@ -271,39 +319,39 @@ def _submission_spec(run_dir: Path, requested: str | SmoothSpec | None) -> Smoot
                     f"({run_dir / SMOOTHING_FILE}); run `abaw evaluate --split val` first")
 
 
-def _output_path(out: str | Path | None) -> Path:
-    """A new file: never overwrite an earlier submission."""
-    if out is None:
-        return sub.next_free_path(Path("submissions"), SUBMISSION_STEM)
-    out = Path(out)
-    if out.is_dir():
-        return sub.next_free_path(out, SUBMISSION_STEM)
-    if out.exists():
-        raise AbawError(f"{out} already exists; submissions are never overwritten: choose "
-                        "another --out or omit it for a numbered name")
-    return out
+def _output_path(work: Workspace, out: str | Path | None, force: bool) -> Path:
+    """A numbered new file in ``<work>/submissions`` (or in the folder ``out``), else ``out``;
+    an existing file only with ``force``, and never a path inside the data root."""
+    if out is None or Path(out).expanduser().is_dir():
+        folder = work.root / "submissions" if out is None else Path(out).expanduser()
+        return output_file(work, sub.next_free_path(folder, SUBMISSION_STEM), force=False,
+                           option="--out")
+    return output_file(work, out, force=force, option="--out")
 
 
 def make_submission(work: Workspace, run: str | None = None, out: str | Path | None = None,
-                    smooth: str | SmoothSpec | None = None, device: str = "auto",
-                    batch_size: int = 256, progress: bool = False, fps: float = DEFAULT_FPS,
+                    smooth: str | SmoothSpec | None = None, force: bool = False,
+                    device: str = "auto", batch_size: int = 256, progress: bool = False,
+                    fps: float = DEFAULT_FPS,
                     probabilities: ProbabilityProvider | None = None) -> dict[str, Any]:
     """Predict the test set, fill, smooth, align to the example, write and check the file.
 
     ``smooth=None`` applies the run's recorded choice (`evaluate --smooth auto`), else none.
+    ``out=None`` writes a numbered file in ``<work>/submissions``; see ``_output_path``.
     """
     run_dir = work.run_dir(run)
     example, example_source = load_example(work)
     spec = _submission_spec(run_dir, smooth)
     store = FaceStore(work.store_dir("test"))
     index = store.index
+    check_fits(spec, longest_group(index["video"]), fps)
+    path = _output_path(work, out, force)  # before the model runs: a refusal costs nothing
     provider = probabilities or model_probabilities(device, batch_size, progress)
     filled, fill_report = _filled(_split_probabilities(provider, run_dir, store, "test"),
                                   index["video"])
     smoothed = apply_smoothing(filled, index["video"], spec, fps=fps)
     aligned, differences = sub.align_to_example(example, index["video"], index["frame"], smoothed)
     labels = aligned.argmax(axis=1)
-    path = _output_path(out)
     with atomic_path(path, suffix=".txt") as unchecked:
         # Checked before it takes its final name: a file that fails the check never appears.
         sub.write_predictions(unchecked, example["video"], example["frame"], labels)

@@ -28,7 +28,7 @@ from abaw_kit.data.release import (
     find_release,
     read_annotation,
 )
-from abaw_kit.data.store import FACE_SIZE, FaceStoreWriter
+from abaw_kit.data.store import FACE_SIZE, FaceStoreWriter, shard_names
 from abaw_kit.errors import AbawError
 from abaw_kit.progress import progress_bar
 from abaw_kit.workspace import SPLITS, Workspace, atomic_write_json
@@ -198,8 +198,10 @@ def prepare_split(work: Workspace, release: Release, split: str, videos: list[An
                   source: str, example: pd.DataFrame | None, options: PrepareOptions,
                   extractor: VideoExtractor | None, progress: bool) -> SplitReport:
     writer = FaceStoreWriter(work.store_dir(split))
+    shard_names([v.name for v in videos])  # two videos sharing a shard: stop before writing
     report = SplitReport(videos=len(videos))
-    todo = [v for v in videos if not writer.is_done(v.name)]
+    made_with = _made_with(source, options)
+    todo = [v for v in videos if not writer.is_done(v.name, made_with)]
     report.videos_skipped_done = len(videos) - len(todo)
     with progress_bar(progress, f"prepare {split} ({source})", len(todo)) as advance, \
             ThreadPoolExecutor(max_workers=options.workers) as pool:
@@ -207,7 +209,7 @@ def prepare_split(work: Workspace, release: Release, split: str, videos: list[An
             for video in todo:
                 frames, labels = frame_plan(release, video, example)
                 has_face, faces = prepare_video_from_crops(release, video, frames, pool, report)
-                writer.write_video(video.name, frames, labels, has_face, faces)
+                writer.write_video(video.name, frames, labels, has_face, faces, made_with)
                 advance(1)
         else:
             assert extractor is not None
@@ -215,7 +217,7 @@ def prepare_split(work: Workspace, release: Release, split: str, videos: list[An
                 plans = {v.name: frame_plan(release, v, example) for v in group}
                 for video, (has_face, faces) in extractor.extract(group, plans, report).items():
                     frames, labels = plans[video]
-                    writer.write_video(video, frames, labels, has_face, faces)
+                    writer.write_video(video, frames, labels, has_face, faces, made_with)
                 advance(len(group))
     index = writer.finalize([v.name for v in videos],
                             {"split": split, "source": source, "data_root": str(release.root)})
@@ -223,6 +225,15 @@ def prepare_split(work: Workspace, release: Release, split: str, videos: list[An
     report.frames_with_face = int(index["has_face"].sum())
     report.labelled_frames_with_face = int((index["has_face"] & (index["label"] >= 0)).sum())
     return report
+
+
+def _made_with(source: str, options: PrepareOptions) -> dict[str, Any]:
+    """What decides a shard's faces besides the video: a rerun with other settings redoes it."""
+    if source != "video":
+        return {"source": source}
+    weights = str(options.detector_weights) if options.detector_weights else None
+    return {"source": source, "detector": options.detector, "detector_weights": weights,
+            "detect_every": int(options.detect_every)}
 
 
 def _group_by_file(videos: Iterable[AnnotatedVideo]) -> list[list[AnnotatedVideo]]:
@@ -284,10 +295,17 @@ class VideoExtractor:
 def ingest_demo_unlabeled(work: Workspace, demo_root: Path, *, progress: bool = False,
                           log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """On the demo only: ingest its unlabelled faces too, so `abaw train --ssl dtm` just works."""
+    from abaw_kit.unlabeled.index import UnlabeledIndex
     from abaw_kit.unlabeled.ingest import ingest
 
-    if (work.unlabeled_dir / "index.parquet").is_file():
-        return {"note": f"demo unlabelled faces already ingested in {work.unlabeled_dir}"}
+    index = work.unlabeled_dir / "index.parquet"
+    if index.is_file():
+        try:
+            UnlabeledIndex(work.unlabeled_dir)  # done means readable, not merely present
+            return {"note": f"demo unlabelled faces already ingested in {work.unlabeled_dir}"}
+        except AbawError as exc:
+            log(f"demo data: the unlabelled index is unusable ({exc}); ingesting it again")
+            index.unlink(missing_ok=True)  # else the merge would keep the damaged file
     sources = [demo_root / "unlabeled" / "folder", demo_root / "unlabeled" / "recordio"]
     log(f"demo data: also ingesting its unlabelled faces ({demo_root / 'unlabeled'}) "
         f"into {work.unlabeled_dir}")

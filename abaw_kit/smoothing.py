@@ -10,12 +10,14 @@ groups) and never across a boundary between groups:
    mode 'nearest'). Expressions change slowly, so this is worth about +0.04 macro F1 on Aff-Wild2.
 
 ``choose_smoothing`` picks the filter and window that maximise macro F1 on a labelled split.
+A window (or sigma) longer than the longest video is an error (``check_fits``), not clamped.
 Rows of a group are taken in the order they appear (the face store lists frames in order); groups
 need not be contiguous.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +32,9 @@ from abaw_kit.metrics import macro_f1
 
 FILTER_KINDS = ("mean", "median", "gauss")
 SPEC_HELP = "none | auto | mean:W | median:W | gauss:SIGMA (W, SIGMA in frames, or seconds as 0.5s)"
+MAX_SIGMA_FRAMES = 1000.0
+"""Largest Gaussian sigma (33 s at 30 fps): scipy's Gaussian costs time in proportion to sigma
+(measured 1.6 s per 50,000 frames at 1000), and no expression stays put for minutes."""
 
 DEFAULT_WINDOWS = (5, 9, 15, 25, 35, 51, 75, 101, 151)
 """Mean/median windows (frames) tried by ``choose_smoothing``; +-7 and +-50 frames are the
@@ -78,6 +83,8 @@ def parse_spec(text: str | SmoothSpec) -> SmoothSpec:
     if not match:
         raise AbawError(f"smoothing '{text}' not understood; expected {SPEC_HELP}")
     kind, number, seconds = match.group(1), float(match.group(2)), bool(match.group(3))
+    if not math.isfinite(number):
+        raise AbawError(f"smoothing '{text}': the window is too large to be a number of frames")
     if number <= 0:
         raise AbawError(f"smoothing '{text}': the window must be positive")
     if kind in ("mean", "median") and not seconds and number != int(number):
@@ -154,6 +161,45 @@ def groups_without_faces(probs: Any, groups: Any) -> list[str]:
     return [str(name) for name in all_missing.index[all_missing.to_numpy()]]
 
 
+def longest_group(groups: Any) -> int:
+    """Frames in the largest group (video or subject); 0 when there are none."""
+    codes, _ = pd.factorize(pd.Series(np.asarray(groups).ravel()), sort=False)
+    return int(np.bincount(codes).max()) if len(codes) else 0
+
+
+def _window_frames(spec: SmoothSpec, fps: float) -> float:
+    """The window (mean/median: whole frames, at least 1) or sigma (gauss) the filter uses."""
+    size = spec.frames(fps)
+    return float(max(1, round(size))) if spec.kind in ("mean", "median") else size
+
+
+def check_fits(spec: str | SmoothSpec, longest: int, fps: float = 30.0) -> None:
+    """Refuse a window (or sigma) longer than the longest video, or a sigma over
+    MAX_SIGMA_FRAMES: such a filter only smears each video's edges, and its cost in time or
+    memory grows with the window (gauss:10000000 ran for minutes on 1,267 frames)."""
+    spec = parse_spec(spec)
+    if spec.kind not in FILTER_KINDS or longest <= 0:
+        return
+    size = _window_frames(spec, fps)
+    what = "sigma" if spec.kind == "gauss" else "window"
+    if size > longest:
+        raise AbawError(f"smoothing '{spec}': the {what} ({size:.10g} frames) is longer than the "
+                        f"longest video ({longest} frames); expected at most {longest} frames "
+                        "(give a smaller --smooth, or none)")
+    if spec.kind == "gauss" and size > MAX_SIGMA_FRAMES:
+        raise AbawError(f"smoothing '{spec}': sigma {size:.10g} frames is above the limit of "
+                        f"{MAX_SIGMA_FRAMES:g} frames (the longest video has {longest}); "
+                        "expected a smaller sigma")
+
+
+def fit_to(spec: SmoothSpec, longest: int, fps: float = 30.0) -> SmoothSpec:
+    """``spec`` shortened to ``longest`` frames where it is longer (a recorded choice met a
+    short clip); a spec the user typed goes through ``check_fits`` instead."""
+    if spec.kind not in FILTER_KINDS or longest <= 0 or _window_frames(spec, fps) <= longest:
+        return spec
+    return SmoothSpec(spec.kind, float(longest))
+
+
 def _filter_block(block: np.ndarray, kind: str, size: float) -> np.ndarray:
     if kind == "mean":
         return ndimage.uniform_filter1d(block, size=int(size), axis=0, mode="nearest")
@@ -177,10 +223,9 @@ def smooth(probs: Any, groups: Any, spec: str | SmoothSpec, fps: float = 30.0) -
                         "call fill_missing before smooth")
     if spec.kind == "none":
         return array.copy()
-    size = spec.frames(fps)
-    if spec.kind in ("mean", "median"):
-        size = max(1, round(size))
     order, _, slices = _group_slices(groups, len(array))
+    check_fits(spec, max((part.stop - part.start for part in slices), default=0), fps)
+    size = _window_frames(spec, fps)
     sorted_probs = array[order]
     smoothed = np.empty_like(sorted_probs)
     for part in slices:
@@ -205,9 +250,15 @@ def choose_smoothing(probs: Any, labels: Any, groups: Any,
     """Try every candidate on a labelled split; return the best by macro F1 and the table.
 
     Ties go to the earlier candidate, so 'none' wins unless a filter really helps. The F1 of the
-    winner is optimistic on the split it was chosen on; report it as such.
+    winner is optimistic on the split it was chosen on; report it as such. Default candidates
+    longer than the longest video are left out (see ``check_fits``); given ones must fit.
     """
-    specs = [parse_spec(c) for c in (candidates or default_candidates())]
+    if candidates is None:
+        longest = longest_group(groups)
+        specs = [s for s in default_candidates()
+                 if s.kind == "none" or _window_frames(s, fps) <= longest]
+    else:
+        specs = [parse_spec(c) for c in candidates]
     if any(s.kind == "auto" for s in specs):
         raise AbawError("'auto' cannot be a smoothing candidate; list concrete filters")
     y = np.asarray(labels).ravel()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,9 @@ from abaw_kit.errors import AbawError
 from abaw_kit.workspace import atomic_path
 
 FRAME_DIGITS = 5
+MAX_FILE_BYTES = 256 * 1024 * 1024
+"""Largest prediction file read: a line for every frame of Aff-Wild2 (under 3M) is under
+100 MB; a bigger file is not one, and reading it whole would only exhaust memory."""
 _LINE_RE = re.compile(r"[^,/\s]+/(?:\d{5}|[1-9]\d{5,8})\.jpg,-?(?:0|[1-9]\d{0,8})")
 """One body line: video (no comma, slash or space), five-digit frame, integer label."""
 
@@ -70,10 +74,32 @@ def write_predictions(path: str | Path, videos: Any, frames: Any, labels: Any) -
 
 
 def _read_lines(path: Path) -> list[str]:
+    """The file's lines; a folder, device, pipe or oversized file is a one-line error (reading
+    /dev/zero or a FIFO would never end)."""
+    expected = "expected a prediction text file"
     try:
-        text = path.read_text(encoding="utf-8")
+        info = path.stat()
     except FileNotFoundError as exc:
         raise AbawError(f"{path}: file not found") from exc
+    except OSError as exc:
+        raise AbawError(f"{path}: cannot read it ({exc.strerror or exc}); {expected}") from exc
+    if stat.S_ISDIR(info.st_mode):
+        raise AbawError(f"{path}: is a folder; {expected}")
+    if not stat.S_ISREG(info.st_mode):
+        raise AbawError(f"{path}: not a regular file (a device, pipe or socket); {expected}")
+    too_big = (f"{path}: larger than {MAX_FILE_BYTES // 2**20} MiB, more than any ABAW "
+               f"prediction file; {expected}")
+    if info.st_size > MAX_FILE_BYTES:
+        raise AbawError(too_big)
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)  # bounded: the size may change meanwhile
+    except OSError as exc:
+        raise AbawError(f"{path}: cannot read it ({exc.strerror or exc}); {expected}") from exc
+    if len(data) > MAX_FILE_BYTES:
+        raise AbawError(too_big)
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise AbawError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     lines = text.split("\n")

@@ -12,8 +12,11 @@ Layout of a workspace (default ``./abaw-work``, ``--work`` or ``ABAW_WORK``)::
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +27,26 @@ from abaw_kit.errors import AbawError
 
 DEFAULT_WORKSPACE = "abaw-work"
 SPLITS = ("train", "val", "test")
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+
+
+def check_run_name(name: str) -> str:
+    """``name`` when it is a plain run name (one path component), else a clear error.
+
+    Why: every command joins the name under ``runs/``; a name with ``/`` or ``..`` would let
+    ``evaluate``, ``submit`` or ``train --resume`` read and write folders of another workspace.
+    """
+    if not _RUN_NAME.fullmatch(name) or ".." in name:
+        raise AbawError(f"run name '{name}' is not a plain name: use letters, digits, '.', "
+                        "'_', '+' and '-' (at most 128, no '/' or '..'), e.g. dtm-lr3e-4")
+    return name
+
+
+def check_split(split: str) -> str:
+    """``split`` when it is one of ``SPLITS``, else a clear error (it becomes a folder name)."""
+    if split not in SPLITS:
+        raise AbawError(f"unknown split '{split}': expected one of {', '.join(SPLITS)}")
+    return split
 
 
 @dataclass(frozen=True)
@@ -55,7 +78,7 @@ class Workspace:
         return self.root / "demo-data"
 
     def store_dir(self, split: str) -> Path:
-        return self.root / "faces" / split
+        return self.root / "faces" / check_split(split)
 
     @property
     def unlabeled_dir(self) -> Path:
@@ -70,10 +93,14 @@ class Workspace:
         """Records which data root `prepare` used, so later commands find the same release."""
         return self.root / "source.json"
 
+    def run_path(self, name: str) -> Path:
+        """Where run ``name`` lives (it may not exist yet); the name is checked first."""
+        return safe_join(self.runs_dir, check_run_name(name))
+
     def run_dir(self, name: str | None = None) -> Path:
         """The folder of run ``name``; without a name, the latest run (clear error if none)."""
         if name:
-            path = self.runs_dir / name
+            path = self.run_path(name)
             if not path.is_dir():
                 raise AbawError(f"no run named '{name}' in {self.runs_dir}; "
                                 "list runs with `ls` or train one with `abaw train`")
@@ -81,22 +108,28 @@ class Workspace:
         pointer = self.runs_dir / "LATEST"
         if not pointer.is_file():
             raise AbawError(f"no training run in {self.runs_dir} yet; run `abaw train` first")
-        latest = pointer.read_text().strip()
-        path = self.runs_dir / latest
+        latest = pointer.read_text(errors="replace").strip()
+        try:
+            path = self.run_path(latest)
+        except AbawError:
+            raise AbawError(f"{pointer} holds '{latest[:80]}', which is not a run name; "
+                            "pass --run NAME") from None
         if not path.is_dir():
             raise AbawError(f"{pointer} names run '{latest}', which does not exist; "
                             "pass --run NAME")
         return path
 
     def set_latest_run(self, name: str) -> None:
-        atomic_write_text(self.runs_dir / "LATEST", name + "\n")
+        atomic_write_text(self.runs_dir / "LATEST", check_run_name(name) + "\n")
 
 
 @contextlib.contextmanager
 def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; rename it onto ``target`` only on success.
 
-    A crash (or an exception) leaves ``target`` untouched and removes the temporary file.
+    A crash (or an exception) leaves ``target`` untouched and removes the temporary file. The
+    file gets the permissions of a plain ``open`` (0666 less the umask), not mkstemp's 0600,
+    so a workspace shared between users or nodes stays readable as the umask intends.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -104,12 +137,31 @@ def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]
                                     dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_current_umask())
     try:
         yield tmp
         os.replace(tmp, target)
+    except Exception as exc:
+        if not isinstance(exc, OSError | AbawError) and _disk_full(target.parent):
+            # torch.save and safetensors report a full disk as their own error types
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target)) from exc
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _disk_full(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < 16 * 1024 * 1024
+    except OSError:
+        return False
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it back at once
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(target: str | Path, data: bytes) -> None:

@@ -39,3 +39,12 @@ def test_prepare_json_output(tmp_path):
     result = json.loads(proc.stdout)
     assert set(result["splits"]) == {"train", "val", "test"}
     assert result["splits"]["val"]["frames"] == 5
+
+
+def test_ingest_into_the_source_creates_nothing(tmp_path):
+    source = tmp_path / "faces"
+    source.mkdir()
+    (source / "a.jpg").write_bytes(b"x")
+    proc = run_cli("ingest", str(source), "--work", str(source / "work"))
+    assert proc.returncode == 2 and "lies inside the source" in proc.stderr
+    assert not (source / "work").exists()

@@ -80,8 +80,9 @@ class Provider:
         return _synthetic_probs(store.index, split)
 
 
-@pytest.fixture
-def work(tmp_path: Path) -> Workspace:
+def make_eval_workspace(tmp_path: Path) -> Workspace:
+    """A prepared workspace: val and test face stores, the release's example file (in
+    ``tmp_path/release``, the data root source.json records) and an empty run r1."""
     ws = Workspace(tmp_path / "work").ensure()
     _write_store(ws.store_dir("val"), VAL)
     test_videos = {}
@@ -98,6 +99,11 @@ def work(tmp_path: Path) -> Workspace:
     (ws.runs_dir / "r1").mkdir(parents=True)
     ws.set_latest_run("r1")
     return ws
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Workspace:
+    return make_eval_workspace(tmp_path)
 
 
 def _example(work: Workspace) -> Path:
@@ -189,7 +195,7 @@ def test_submission_follows_the_example_and_recorded_smoothing(
     monkeypatch.chdir(tmp_path)
     result = make_submission(work, probabilities=Provider())
     path = Path(result["path"])
-    assert path == (tmp_path / "submissions" / "expr_submission_1.txt").resolve()
+    assert path == (work.root / "submissions" / "expr_submission_1.txt").resolve()
     assert result["smoothing"] == spec
     assert check_submission(path, _example(work))["frames"] == sum(n for _, n in TEST.values())
     table = read_predictions(path)

@@ -76,3 +76,31 @@ def test_not_a_release_and_unwritable_workspace(tmp_path):
     blocker.write_text("a file where the workspace folder should be")
     with pytest.raises(AbawError, match="not writable"):
         prepare(Workspace(blocker / "work"), PrepareOptions(data_root=tmp_path / "random"))
+
+
+def test_demo_unlabelled_index_is_reingested_when_damaged(tmp_path):
+    """'Already ingested' means the index reads, not merely that the file exists."""
+    from test_unlabeled_recordio import make_jpeg
+
+    from abaw_kit.prepare import ingest_demo_unlabeled
+    from abaw_kit.unlabeled import UnlabeledIndex, write_recordio
+
+    demo = tmp_path / "demo"
+    (demo / "unlabeled" / "folder" / "id1").mkdir(parents=True)
+    for i in range(3):
+        (demo / "unlabeled" / "folder" / "id1" / f"{i}.jpg").write_bytes(make_jpeg(i))
+    rec = demo / "unlabeled" / "recordio"
+    rec.mkdir()
+    write_recordio(rec / "train.rec", rec / "train.idx", [make_jpeg(10 + i) for i in range(2)])
+    (rec / "property").write_text("3,24,24\n")
+    work = Workspace(tmp_path / "work")
+    ingest_demo_unlabeled(work, demo)
+    assert len(UnlabeledIndex(work.unlabeled_dir)) == 5
+    assert "already" in ingest_demo_unlabeled(work, demo)["note"]
+
+    index = work.unlabeled_dir / "index.parquet"
+    index.write_bytes(index.read_bytes()[:50])
+    notes = []
+    ingest_demo_unlabeled(work, demo, log=notes.append)
+    assert any("unusable" in note for note in notes)
+    assert len(UnlabeledIndex(work.unlabeled_dir)) == 5

@@ -237,9 +237,9 @@ def test_scan_crop_folder_reports_unexpected_files(tmp_path: Path) -> None:
         touch(folder / name)
     (folder / "sub").mkdir()
     frames, unexpected = scan_crop_folder(folder)
-    assert list(frames) == [2, 10]
-    assert frames[10] == folder / "00010.jpg"
-    assert unexpected == ["00000.jpg", "000003.jpg", "00004.JPG", "1.jpg", "sub", "thumbs.db"]
+    assert list(frames) == [2, 4, 10]  # .JPG is a jpg too
+    assert frames[10] == folder / "00010.jpg" and frames[4] == folder / "00004.JPG"
+    assert unexpected == ["00000.jpg", "000003.jpg", "1.jpg", "sub", "thumbs.db"]
 
 
 def test_summarize_counts_abaw5(tmp_path: Path) -> None:
@@ -382,3 +382,90 @@ def test_read_example_file_errors(tmp_path: Path, content: str, line: int, words
     message = str(error.value)
     assert message.startswith(f"{path}:{line}: "), message
     assert words in message
+
+
+# ----------------------------------------------------------------------------- robustness (#10)
+
+
+def _case_sensitive(folder: Path) -> bool:
+    probe = folder / "Case.probe"
+    probe.write_bytes(b"")
+    try:
+        return not (folder / "case.probe").exists()
+    finally:
+        probe.unlink()
+
+
+def test_annotation_extension_is_case_insensitive(tmp_path: Path) -> None:
+    root = make_release(tmp_path / "r")
+    train = root / "5th_ABAW_Annotations" / "EXPR_Classification_Challenge" / "Train_Set"
+    write_annotation(train / "282.TXT", [3, 3])
+    release = find_release(root)
+    assert "282" in [v.name for v in release.videos["train"]]
+    assert not release.unexpected_annotation_files
+
+
+def test_annotation_in_two_spellings_is_refused(tmp_path: Path) -> None:
+    root = make_release(tmp_path / "r")
+    train = root / "5th_ABAW_Annotations" / "EXPR_Classification_Challenge" / "Train_Set"
+    if not _case_sensitive(train):
+        pytest.skip("needs a case-sensitive file system")
+    write_annotation(train / "282.TXT", [3, 3])
+    write_annotation(train / "282.txt", [3, 3])
+    with pytest.raises(AbawError, match=r"282\.txt: annotation '282' also exists as 282\.TXT"):
+        find_release(root)
+
+
+def test_crop_file_in_both_spellings_prefers_lowercase(tmp_path: Path) -> None:
+    folder = tmp_path / "v"
+    folder.mkdir()
+    if not _case_sensitive(folder):
+        pytest.skip("needs a case-sensitive file system")
+    for name in ("00001.JPG", "00001.jpg", "00002.Jpg"):
+        touch(folder / name)
+    frames, unexpected = scan_crop_folder(folder)
+    assert frames == {1: folder / "00001.jpg", 2: folder / "00002.Jpg"}
+    assert unexpected == ["00001.JPG"]
+
+
+def test_crop_folder_name_is_case_insensitive(tmp_path: Path) -> None:
+    root = make_release(tmp_path / "r")
+    (root / "cropped_aligned").rename(root / "Cropped_Aligned")
+    release = find_release(root)
+    assert root / "Cropped_Aligned" in release.crop_dirs
+    assert sorted(crop_frames(release, "t1")) == [1, 3]
+
+
+def test_video_extension_is_case_insensitive(tmp_path: Path) -> None:
+    root = make_release(tmp_path / "r")
+    (root / "batch2" / "t1.mp4").rename(root / "batch2" / "t1.MP4")
+    assert find_release(root).video_files["t1"] == root / "batch2" / "t1.MP4"
+
+
+def test_repeated_utf8_bom_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "twice_saved.txt"
+    path.write_bytes(b"\xef\xbb\xbf\xef\xbb\xbf" + (ANNOTATION_HEADER + "\n0\n7\n").encode())
+    assert read_annotation(path).tolist() == [0, 7]
+
+
+@pytest.mark.parametrize(("content", "line", "shown"), [
+    (ANNOTATION_HEADER + "\n0\n\ufeff1\n", 3, r"got '\ufeff1' (\ufeff is a byte order mark"),
+    ("\u200b" + ANNOTATION_HEADER + "\n0\n", 1, r"got '\u200bNeutral,"),
+    (ANNOTATION_HEADER + "\n0\t\n", 2, r"got '0\t'"),
+])
+def test_invisible_characters_are_shown_in_errors(tmp_path: Path, content: str, line: int,
+                                                  shown: str) -> None:
+    path = tmp_path / "odd.txt"
+    path.write_bytes(content.encode())
+    with pytest.raises(AbawError) as error:
+        read_annotation(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}:{line}: ") and shown in message, message
+    assert message.isprintable(), "nothing invisible left in the message"
+
+
+def test_utf16_file_is_named_as_such(tmp_path: Path) -> None:
+    path = tmp_path / "utf16.txt"
+    path.write_bytes((ANNOTATION_HEADER + "\n0\n").encode("utf-16"))
+    with pytest.raises(AbawError, match=r"utf16\.txt:1: expected UTF-8 text, found a UTF-16"):
+        read_annotation(path)

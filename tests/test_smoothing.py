@@ -36,13 +36,14 @@ def test_each_filter_improves_accuracy_on_noisy_segments(spec: str) -> None:
 
 @pytest.mark.parametrize("spec", ["none", "mean:31", "median:31", "gauss:10"])
 def test_group_of_length_one_is_kept(spec: str) -> None:
-    probs = np.array([[0.1, 0.2, 0.3, 0.1, 0.1, 0.1, 0.05, 0.05]])
-    out = smooth(probs, ["only"], spec)
-    assert out.shape == (1, 8)
-    np.testing.assert_allclose(out, probs)
+    one = np.array([[0.1, 0.2, 0.3, 0.1, 0.1, 0.1, 0.05, 0.05]])
+    longer = np.random.default_rng(0).random((40, 8))  # the window must fit the longest video
+    out = smooth(np.concatenate([one, longer]), ["only"] + ["long"] * 40, spec)
+    assert out.shape == (41, 8)
+    np.testing.assert_allclose(out[:1], one)
 
 
-@pytest.mark.parametrize("spec", ["mean:1001", "median:1001", "gauss:500"])
+@pytest.mark.parametrize("spec", ["mean:70", "median:69", "gauss:60"])
 def test_huge_window_never_mixes_two_videos(spec: str) -> None:
     class_a = np.tile(np.eye(8)[0], (50, 1))
     class_b = np.tile(np.eye(8)[1], (70, 1))
@@ -133,3 +134,12 @@ def test_choose_smoothing_keeps_none_when_nothing_helps() -> None:
     probs = np.eye(8)[labels]  # already perfect: every filter ties or loses
     best, table = choose_smoothing(probs, labels, ["v"] * 40, candidates=["none", "mean:3"])
     assert best == SmoothSpec("none") and len(table) == 2
+
+
+def test_a_recorded_window_is_shortened_to_a_short_clip_not_refused() -> None:
+    from abaw_kit.smoothing import fit_to
+
+    assert str(fit_to(parse_spec("mean:51"), 40)) == "mean:40"
+    assert str(fit_to(parse_spec("gauss:2s"), 30, fps=30.0)) == "gauss:30"
+    assert str(fit_to(parse_spec("median:9"), 40)) == "median:9"  # fits: unchanged
+    assert str(fit_to(parse_spec("none"), 5)) == "none"

@@ -3,9 +3,14 @@ when nothing in a source is usable, one clear AbawError. Nothing is written outs
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import signal
+import subprocess
+import sys
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -16,7 +21,9 @@ from test_unlabeled_ingest import add_tar_member, build_rec, index_table
 from test_unlabeled_recordio import make_jpeg
 
 from abaw_kit.errors import AbawError
-from abaw_kit.unlabeled.ingest import ingest
+from abaw_kit.unlabeled import source_folder, source_parquet, source_recordio, source_tar
+from abaw_kit.unlabeled.ingest import check_out_dir, ingest, merge
+from abaw_kit.unlabeled.recordio import encode_record, pack_payload
 
 
 def idx_offsets(rec_dir: Path) -> list[int]:
@@ -211,3 +218,194 @@ def gif_bytes() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8)).save(buffer, format="GIF")
     return buffer.getvalue()
+
+
+@contextlib.contextmanager
+def deadline(seconds: int) -> Iterator[None]:
+    """Fail instead of hanging for ever (what these inputs used to do)."""
+    def expire(signum: int, frame: object) -> None:
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def rec_with_meta(folder: Path, meta_labels: tuple[float, float], count: int = 3) -> Path:
+    """An insightface .rec (no .idx) whose meta record carries ``meta_labels``."""
+    folder.mkdir(parents=True)
+    with open(folder / "train.rec", "wb") as rec:
+        rec.write(encode_record(pack_payload(b"", meta_labels)))
+        for i in range(count):
+            rec.write(encode_record(pack_payload(make_jpeg(i), 0.0, i + 1)))
+    return folder
+
+
+def test_a_meta_record_claiming_more_images_than_the_file_can_hold(tmp_path):
+    rec = rec_with_meta(tmp_path / "rec", (1e18, 1e18))
+    with deadline(60), pytest.raises(AbawError, match=r"train.rec: the meta record \(key 0\) "
+                                                      r"claims \d+ images, but a file of \d+ "
+                                                      r"bytes holds at most \d+"):
+        ingest([rec], tmp_path / "out", limit=3)
+    honest = rec_with_meta(tmp_path / "ok", (4.0, 4.0))
+    assert ingest([honest], tmp_path / "out2", limit=3)["ingested"] == 3
+
+
+@pytest.mark.parametrize("claim", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("with_idx", [True, False])
+def test_a_meta_record_label_that_is_not_a_number(tmp_path, claim, with_idx):
+    rec = rec_with_meta(tmp_path / "rec", (claim, 4.0))
+    if with_idx:
+        data, offset, lines = (rec / "train.rec").read_bytes(), 0, []
+        for key in range(4):
+            lines.append(f"{key}\t{offset}")
+            offset += 8 + (int.from_bytes(data[offset + 4:offset + 8], "little") + 3) // 4 * 4
+        (rec / "train.idx").write_text("\n".join(lines) + "\n")
+    with pytest.raises(AbawError, match=rf"train.rec: the meta record \(key 0\) has label\[0\] "
+                                        rf"= {claim}; expected 1 \+ the number of images"):
+        ingest([rec], tmp_path / "out")
+
+
+def test_tar_member_sizes_are_checked_before_reading(tmp_path, monkeypatch):
+    shard = tmp_path / "shard.tar"
+    with open(shard, "wb") as out:
+        for name, size, data in [("0000.jpg", None, make_jpeg(0)), ("0001.jpg", 200 << 30,
+                                                                   make_jpeg(1))]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data) if size is None else size  # a header claiming 200 GB
+            out.write(info.tobuf(format=tarfile.GNU_FORMAT))
+            out.write(data + b"\0" * (-len(data) % 512))
+    summary = ingest([shard], tmp_path / "out")  # was a MemoryError
+    assert summary["ingested"] == 1
+    assert summary["skipped_by_reason"] == {"truncated tar": 2}  # the member, then the end
+    with tarfile.open(tmp_path / "big.tar", "w") as archive:
+        add_tar_member(archive, "0000.jpg", make_jpeg(2))
+        add_tar_member(archive, "0001.jpg", make_jpeg(3, size=64))
+    monkeypatch.setattr(source_tar, "MAX_IMAGE_BYTES", len(make_jpeg(2)) + 1)
+    summary = ingest([tmp_path / "big.tar"], tmp_path / "out2")
+    assert summary["ingested"] == 1 and summary["skipped_by_reason"] == {"image too large": 1}
+
+
+def test_empty_and_broken_files_are_not_duplicates_of_each_other(tmp_path):
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for i in range(2000):
+        (folder / f"empty{i:04d}.jpg").write_bytes(b"")
+    for i in range(3):
+        (folder / f"cut{i}.jpg").write_bytes(make_jpeg(1)[:300])  # the same broken bytes
+        (folder / f"fake{i}.png").write_bytes(b"not an image")
+    (folder / "good.jpg").write_bytes(make_jpeg(0))
+    (folder / "good-again.jpg").write_bytes(make_jpeg(0))
+    summary = ingest([folder], tmp_path / "out", part_rows=700)
+    assert summary["skipped_by_reason"] == {"empty file": 2000, "corrupt image": 3,
+                                            "not an image": 3}
+    assert summary["ingested"] == 1 and summary["duplicates"] == 1
+
+
+KILLER = """
+import os, signal, sys
+import pyarrow.parquet as pq
+from abaw_kit.unlabeled import ingest as ingest_mod, parts
+
+def kill_after(real):
+    def write(*args, **kwargs):
+        real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL)  # killed in the middle of an atomic write
+    return write
+
+def write_index(*args, real=parts.write_index):
+    pq.ParquetWriter.write_table = kill_after(pq.ParquetWriter.write_table)
+    return real(*args)
+
+if sys.argv[3] == "merge":
+    parts.write_index = write_index
+else:
+    pq.write_table = kill_after(pq.write_table)
+ingest_mod.ingest([sys.argv[1]], sys.argv[2])
+"""
+
+
+def temporaries(out: Path) -> list[str]:
+    return sorted(str(p.relative_to(out)) for p in out.rglob(".*") if p.name != ".lock")
+
+
+@pytest.mark.parametrize("during", ["merge", "part"])
+def test_a_kill_leaves_no_temporary_file_for_ever(tmp_path, during):
+    rec = build_rec(tmp_path / "rec", [make_jpeg(i) for i in range(4)])
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-c", KILLER, str(rec), str(out), during],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert len(temporaries(out)) == 1  # what the killed write left behind
+    summary = merge(out) if during == "merge" else ingest([rec], out)  # merge: `--merge`
+    assert summary["ingested"] == 4 and temporaries(out) == []
+    assert (out / "index.parquet").is_file()
+
+
+def test_the_out_dir_check_creates_nothing(tmp_path):
+    source = tmp_path / "faces"
+    source.mkdir()
+    (source / "a.jpg").write_bytes(make_jpeg(0))
+    with pytest.raises(AbawError, match="lies inside the source"):
+        check_out_dir(source / "work" / "unlabeled", [source])  # the CLI calls it first
+    check_out_dir(tmp_path / "work" / "unlabeled", [source, source / "a.jpg"])
+    assert sorted(os.listdir(tmp_path)) == ["faces"] and os.listdir(source) == ["a.jpg"]
+
+
+def test_a_fifo_or_an_oversized_file_named_like_an_image(tmp_path, monkeypatch):
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(make_jpeg(0))
+    os.mkfifo(folder / "pipe.jpg")  # reading it would wait for a writer for ever
+    (folder / "z.jpg").write_bytes(make_jpeg(1, size=64))
+    monkeypatch.setattr(source_folder, "MAX_IMAGE_BYTES", len(make_jpeg(0)) + 1)
+    with deadline(60):
+        summary = ingest([folder], tmp_path / "out")
+    assert summary["ingested"] == 1
+    assert summary["skipped_by_reason"] == {"not a regular file": 1, "image too large": 1}
+
+
+def test_a_rec_record_larger_than_any_image_is_not_read(tmp_path, monkeypatch):
+    rec = build_rec(tmp_path / "rec", [make_jpeg(0), make_jpeg(1, size=64)])
+    monkeypatch.setattr(source_recordio, "MAX_IMAGE_BYTES", len(make_jpeg(0)) + 1)
+    summary = ingest([rec], tmp_path / "out")
+    assert summary["ingested"] == 1 and summary["skipped_by_reason"] == {"image too large": 1}
+
+
+def test_a_damaged_parquet_row_group_or_footer(tmp_path, monkeypatch):
+    path = tmp_path / "faces.parquet"
+    table = pa.table({"image": pa.array([make_jpeg(i) for i in range(6)], pa.binary())})
+    pq.write_table(table, path, row_group_size=3, compression="none")
+    column = pq.ParquetFile(path).metadata.row_group(1).column(0)
+    start = column.dictionary_page_offset or column.data_page_offset
+    data = bytearray(path.read_bytes())
+    data[start:start + 40] = b"\xff" * 40  # the second row group's first page header
+    path.write_bytes(bytes(data))
+    summary = ingest([path], tmp_path / "out")  # was an OSError traceback
+    assert summary["ingested"] == 3 and summary["skipped_by_reason"] == {
+        "unreadable row group": 3}
+    monkeypatch.setattr(source_parquet, "MAX_ROWS_PER_BYTE", 0.0001)
+    with deadline(60), pytest.raises(AbawError, match=r"faces.parquet: the parquet footer "
+                                                      r"claims 6 rows, more than a file of"):
+        ingest([path], tmp_path / "out2")
+
+
+def test_a_damaged_tar_header_mid_shard_loses_only_its_member(tmp_path):
+    shard = tmp_path / "shard.tar"
+    with tarfile.open(shard, "w") as archive:
+        for i in range(4):
+            add_tar_member(archive, f"{i:04d}.jpg", make_jpeg(i))
+    data = bytearray(shard.read_bytes())
+    with tarfile.open(shard) as archive:
+        second = archive.getmembers()[1].offset
+    data[second + 148:second + 156] = b"garbage!"  # its header checksum no longer matches
+    shard.write_bytes(bytes(data))
+    summary = ingest([shard], tmp_path / "out")  # the shard used to end there, silently
+    assert summary["ingested"] == 3
+    assert summary["skipped_by_reason"] == {"damaged tar header": 1}
+    assert index_table(tmp_path / "out")["member"].tolist() == ["0000.jpg", "0002.jpg",
+                                                                "0003.jpg"]

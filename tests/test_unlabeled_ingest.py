@@ -334,3 +334,19 @@ def test_im2rec_files_without_a_meta_record_and_unsorted_idx(tmp_path):
     (folder / "data.idx").unlink()
     ingest([folder / "data.rec"], tmp_path / "scanned")
     assert index_table(tmp_path / "scanned")["hash"].tolist() == [digest(i) for i in images]
+
+
+def test_align_sweeps_temporary_crops_a_killed_run_left_of_its_own_shard(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        photo = np.random.default_rng(i).integers(30, 256, (120, 120, 3), dtype=np.uint8)
+        Image.fromarray(photo).save(folder / f"{i}.png")
+    bucket = tmp_path / "out" / "aligned" / "0" / "00000"
+    bucket.mkdir(parents=True)
+    (bucket / ".2.jpg.k1ll3d.tmp").write_bytes(b"half a crop")  # item 2: shard 0's
+    (bucket / ".1.jpg.wr1t1n.tmp").write_bytes(b"shard 1 may be writing it")
+    summary = ingest([folder], tmp_path / "out", align=True, detector=TemplateDetector(),
+                     shard=(0, 2))
+    assert summary["ingested"] == 2  # items 0 and 2
+    assert sorted(p.name for p in bucket.iterdir()) == [".1.jpg.wr1t1n.tmp", "0.jpg", "2.jpg"]

@@ -89,3 +89,11 @@ def test_verify_modes_decide_what_is_decoded(tmp_path, monkeypatch):
     assert (index_table(tmp_path / "headers")["width"] == 24).all()  # sizes from headers
     trusting = ingest_mod.ingest([rec], tmp_path / "none", verify="none")
     assert trusting["ingested"] == 4 and trusting["skipped"] == 0
+
+
+def test_digest_set_contains_answers_without_adding():
+    seen = DigestSet()
+    a, b, c = (bytes([i]) * 16 for i in range(3))
+    seen.add([a, b])
+    assert seen.contains([c, a, c, b]).tolist() == [False, True, False, True]
+    assert seen.contains([]).tolist() == [] and len(seen) == 2 and c not in seen

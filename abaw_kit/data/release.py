@@ -69,7 +69,7 @@ ISSUE_KINDS: dict[str, str] = {
 }
 """Every issue kind ``summarize`` reports, with what it means (also the table legend)."""
 
-_CROP_FILE = re.compile(r"(\d{5})\.jpg")
+_CROP_FILE = re.compile(r"(\d{5})\.jpg", re.IGNORECASE)
 _LABEL_OF = {str(value): value for value in range(IGNORE_LABEL, NUM_CLASSES)}
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 _EXAMPLE_LINE = re.compile(r"([^/\\,]+)/([0-9]{5})\.jpg(?:,.*)?")
@@ -119,21 +119,32 @@ def split_subject(name: str) -> tuple[str, str]:
 # ----------------------------------------------------------------------------- text files
 
 
-def _show(text: str) -> str:
-    """A line as quoted in error messages (short, visible when empty)."""
+def quote_line(text: str) -> str:
+    """A line as quoted in error messages: short, visible when empty, and with invisible
+    characters escaped (a byte order mark shows as \\ufeff), so a line that looks like the
+    expected one shows where it differs."""
     if not text:
         return "an empty line"
-    return f"'{text[:60]}...'" if len(text) > 60 else f"'{text}'"
+    shown = "".join(c if c == " " or (c.isprintable() and not c.isspace())
+                    else c.encode("unicode_escape").decode("ascii") for c in text[:80])
+    quoted = f"'{shown}...'" if len(text) > 80 else f"'{shown}'"
+    if "\ufeff" in text:
+        quoted += " (\\ufeff is a byte order mark: remove it, or save the file as plain UTF-8)"
+    return quoted
 
 
 def _read_lines(path: Path) -> list[str]:
-    """The lines of a text file: UTF-8 BOM and CRLF tolerated, trailing blank lines dropped."""
+    """The lines of a text file: UTF-8 BOMs at the start (one, or one per re-save) and CRLF
+    tolerated, trailing blank lines dropped."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise AbawError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise AbawError(f"{path}:1: expected UTF-8 text, found a UTF-16 byte order mark; "
+                        "save the file as UTF-8")
     try:
-        text = data.decode("utf-8-sig")
+        text = data.decode("utf-8").lstrip("\ufeff")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise AbawError(f"{path}:{line}: expected UTF-8 text, found byte "
@@ -148,14 +159,14 @@ def _check_header(path: Path, lines: list[str], header: str) -> None:
     if not lines:
         raise AbawError(f"{path}:1: expected the header '{header}', but the file is empty")
     if lines[0] != header:
-        raise AbawError(f"{path}:1: expected the header '{header}', got {_show(lines[0])}")
+        raise AbawError(f"{path}:1: expected the header '{header}', got {quote_line(lines[0])}")
 
 
 def _check_video_name(name: str, where: str) -> None:
     """Names from data files become folder names: allow exactly one plain path component."""
     if name in {".", ".."} or any(c in name for c in "/\\\0") or name != name.strip():
         raise AbawError(f"{where}: expected a video name (no path separators, no surrounding "
-                        f"spaces), got {_show(name)}")
+                        f"spaces), got {quote_line(name)}")
 
 
 def read_annotation(path: str | Path) -> np.ndarray:
@@ -173,7 +184,7 @@ def read_annotation(path: str | Path) -> np.ndarray:
             value = int(text) if _INTEGER.fullmatch(text) else None
             if value is None or not IGNORE_LABEL <= value < NUM_CLASSES:
                 raise AbawError(f"{path}:{index + 2}: expected an integer label in "
-                                f"{IGNORE_LABEL}..{NUM_CLASSES - 1}, got {_show(text)}")
+                                f"{IGNORE_LABEL}..{NUM_CLASSES - 1}, got {quote_line(text)}")
         labels[index] = value
     return labels
 
@@ -215,7 +226,7 @@ def read_example_file(path: str | Path) -> pd.DataFrame:
         match = _EXAMPLE_LINE.fullmatch(line)
         if match is None or int(match[2]) < 1:
             raise AbawError(f"{path}:{number}: expected '<video>/<NNNNN>.jpg[,...]' with a "
-                            f"frame number from 00001, got {_show(line)}")
+                            f"frame number from 00001, got {quote_line(line)}")
         videos.append(match[1])
         frames.append(int(match[2]))
     table = pd.DataFrame({"video": pd.Series(videos, dtype=str),
@@ -237,20 +248,25 @@ def read_example_file(path: str | Path) -> pd.DataFrame:
 
 
 def scan_crop_folder(folder: str | Path) -> tuple[dict[int, Path], list[str]]:
-    """``({frame: jpg}, unexpected names)`` of one video's crop folder; frames in order."""
+    """``({frame: jpg}, unexpected names)`` of one video's crop folder; frames in order.
+
+    ``.JPG`` counts as ``.jpg`` (archives made on other systems); when both spellings of a
+    frame exist, ``.jpg`` wins and the other is listed as unexpected.
+    """
     folder = Path(folder)
     frames: dict[int, Path] = {}
     unexpected: list[str] = []
     try:
         with os.scandir(folder) as entries:
-            for entry in entries:
-                match = _CROP_FILE.fullmatch(entry.name)
-                if match and int(match[1]) >= 1 and entry.is_file():
-                    frames[int(match[1])] = Path(entry.path)
-                else:
-                    unexpected.append(entry.name)
+            listed = sorted(entries, key=lambda e: (not e.name.endswith(".jpg"), e.name))
     except OSError as exc:
         raise AbawError(f"{folder}: cannot list the crop folder ({exc.strerror or exc})") from exc
+    for entry in listed:
+        match = _CROP_FILE.fullmatch(entry.name)
+        if match and int(match[1]) >= 1 and int(match[1]) not in frames and entry.is_file():
+            frames[int(match[1])] = Path(entry.path)
+        else:
+            unexpected.append(entry.name)
     return dict(sorted(frames.items())), sorted(unexpected)
 
 
@@ -322,7 +338,7 @@ def _search(base: Path) -> _Found:
             path = here / name
             if name.startswith(".") or name in SPLIT_FOLDERS.values():
                 continue
-            if name in CROP_FOLDER_NAMES:
+            if name.lower() in CROP_FOLDER_NAMES:
                 found.crop_dirs.append(path)
                 continue
             if name.lower().startswith("batch"):
@@ -399,10 +415,21 @@ def _read_split(expr_dir: Path, split: str) -> tuple[list[AnnotatedVideo], list[
                         f"{' and '.join(SPLIT_FOLDERS.values())}, but {folder.name} is missing")
     videos: list[AnnotatedVideo] = []
     unexpected: list[Path] = []
+    seen: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if path.suffix == ".txt" and path.is_file() and not path.name.startswith("."):
-            video, subject = split_subject(path.stem)
-            videos.append(AnnotatedVideo(path.stem, video, subject, split, path))
+        if path.suffix.lower() == ".txt" and path.is_file() and not path.name.startswith("."):
+            name = path.stem
+            if name in seen:
+                raise AbawError(f"{path}: annotation '{name}' also exists as "
+                                f"{seen[name].name}; keep one of the two files")
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                raise AbawError(f"{folder}: the annotation file name {name!r} is not valid "
+                                "UTF-8; rename it") from None
+            seen[name] = path
+            video, subject = split_subject(name)
+            videos.append(AnnotatedVideo(name, video, subject, split, path))
         else:
             unexpected.append(path)
     return videos, unexpected

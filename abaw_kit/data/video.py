@@ -20,6 +20,8 @@ import numpy as np
 from abaw_kit.errors import AbawError
 
 DEFAULT_CHUNK = 64
+TEXT_FORMATS = frozenset({"tty", "bin", "xbin", "adf", "idf"})
+"""ffmpeg demuxers that render text (.txt, .nfo, .asc, ANSI art) as 640x400 frames."""
 
 
 @functools.cache
@@ -38,16 +40,49 @@ def _import_decord() -> ModuleType:
     return decord
 
 
+def _refuse_non_video(path: Path) -> None:
+    """Refuse files that ffmpeg opens but that hold no video: it renders a text file as a
+    25 fps video (`abaw predict notes.txt` "predicted" 13 frames) and a photo as one frame.
+
+    Files PyAV cannot open are left to decord, whose error then names the reason.
+    """
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            kind = container.format.name
+            streams = list(container.streams.video)
+    except (av.FFmpegError, OSError, UnicodeDecodeError, ValueError):
+        return
+    if kind in TEXT_FORMATS:
+        raise AbawError(f"cannot decode video {path}: it is a text file (ffmpeg reads it as "
+                        f"'{kind}' text art), not a video")
+    if kind == "image2" or kind.endswith("_pipe"):
+        raise AbawError(f"cannot decode video {path}: it is a still image ('{kind}'), "
+                        "not a video")
+    if not streams:
+        raise AbawError(f"cannot decode video {path}: no video stream in the '{kind}' file")
+
+
 def _open_reader(path: Path, num_threads: int):
     """Open a decord reader or raise the one-line error the CLI shows."""
-    if not path.is_file():
+    if not path.exists():
         raise AbawError(f"cannot decode video {path}: file not found")
+    if not path.is_file():
+        raise AbawError(f"cannot decode video {path}: not a regular file (a folder or device)")
+    _refuse_non_video(path)
     decord = _import_decord()
     try:
         return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=num_threads)
     except (RuntimeError, decord.DECORDError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise AbawError(f"cannot decode video {path}: {reason}") from exc
+
+
+def check_video(path: str | Path) -> None:
+    """Raise the one-line AbawError unless ``path`` opens as a video (cheap: nothing decoded),
+    so a batch can refuse a bad input before any model is loaded."""
+    _open_reader(Path(path), num_threads=1)
 
 
 def video_frame_count(path: str | Path) -> int | None:

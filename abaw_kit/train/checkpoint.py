@@ -110,9 +110,12 @@ def weights_file(ckpt_dir: Path, which: str) -> Path:
     if which != "last":
         raise AbawError(f"checkpoint '{which}': expected best or last")
     record = read_pointer(ckpt_dir)
-    if record is None:
-        raise AbawError(f"no checkpoint in {ckpt_dir} yet; train longer than train.ckpt_every "
-                        "steps or let the run finish")
+    if record is None:  # pointer lost: the newest complete pair, as load_checkpoint does
+        pairs = _step_pairs(ckpt_dir)
+        if not pairs:
+            raise AbawError(f"no checkpoint in {ckpt_dir} yet; train longer than "
+                            "train.ckpt_every steps or let the run finish")
+        record = pairs[0]
     return ckpt_dir / record["weights"]
 
 
@@ -133,10 +136,61 @@ def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 
 def load_checkpoint(ckpt_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
-    """(weights, training state) of the last checkpoint, None when there is none yet."""
+    """(weights, training state) of the last checkpoint, None when the run has none at all.
+
+    Without ``last.json`` (deleted, or lost with a disk) the newest complete pair of step files
+    is used: a resume must never restart a run from step 0 over its own checkpoints. Files
+    that exist but do not load are an error, not a fresh start.
+    """
+    record = read_pointer(ckpt_dir)
+    if record is not None:
+        return _load_pair(ckpt_dir, record)
+    pairs = _step_pairs(ckpt_dir)
+    if not pairs:
+        if (ckpt_dir / BEST).is_file():
+            raise AbawError(f"{ckpt_dir} has {BEST} but no step checkpoint and no {POINTER}; "
+                            "refusing to train this run again from step 0 over its results; "
+                            "start a new run (another --run name)")
+        return None
+    problems = []
+    for record in pairs:  # newest first; an older pair survives when a kill hit the cleanup
+        try:
+            return _load_pair(ckpt_dir, record)
+        except AbawError as exc:
+            problems.append(str(exc))
+    raise AbawError(f"{ckpt_dir} has checkpoint files but no {POINTER} and no complete pair "
+                    f"loads ({problems[0]}); refusing to restart the run from step 0; delete "
+                    "the run folder to start over")
+
+
+def last_step(ckpt_dir: Path) -> int | None:
+    """The step a resume would continue from (pointer, else newest pair), read cheaply."""
     record = read_pointer(ckpt_dir)
     if record is None:
-        return None
+        pairs = _step_pairs(ckpt_dir)
+        record = pairs[0] if pairs else None
+    return None if record is None else int(record["step"])
+
+
+def _step_pairs(ckpt_dir: Path) -> list[dict[str, Any]]:
+    """Pointer-like records of every step whose weights and state files both exist, newest
+    first."""
+    found: dict[int, set[str]] = {}
+    if ckpt_dir.is_dir():
+        for path in ckpt_dir.iterdir():
+            match = _STEP_FILE.match(path.name)
+            if match and path.is_file():
+                found.setdefault(int(match.group(1)), set()).add(match.group(2))
+    return [{"step": step, "weights": f"step-{step:08d}.safetensors",
+             "state": f"step-{step:08d}.state.pt"}
+            for step in sorted(found, reverse=True) if found[step] == {"safetensors", "state.pt"}]
+
+
+REQUIRED_STATE = ("step", "optimizer", "scheduler", "threshold", "sampler", "rng")
+
+
+def _load_pair(ckpt_dir: Path, record: dict[str, Any]
+               ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors, meta = read_weights(ckpt_dir / record["weights"])
     state_path = ckpt_dir / record["state"]
     try:
@@ -149,6 +203,13 @@ def load_checkpoint(ckpt_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, 
             meta.get("step") != record["step"]:
         raise AbawError(f"checkpoint files in {ckpt_dir} disagree on the step (pointer "
                         f"{record['step']}, weights {meta.get('step')}); the folder was edited")
+    missing = [key for key in REQUIRED_STATE if key not in state]
+    if missing:
+        raise AbawError(f"checkpoint {state_path} lacks {', '.join(missing)} (not written by "
+                        "this version of abaw-kit, or edited); it cannot be resumed exactly; "
+                        "start a new run")
+    if not isinstance(state["rng"], list) or not state["rng"]:
+        raise AbawError(f"checkpoint {state_path}: 'rng' holds no per-process generator states")
     return tensors, state
 
 

@@ -34,12 +34,14 @@ from abaw_kit.classes import NUM_CLASSES
 from abaw_kit.config import DataConfig, TrainConfig
 from abaw_kit.data.store import FaceStore
 from abaw_kit.errors import AbawError
+from abaw_kit.unlabeled.index import BrokenImage
 from abaw_kit.workspace import Workspace
 
 LABELLED_STREAM, UNLABELLED_STREAM = 1, 2
 ASPECT_RANGE = (0.9, 1.1)  # aligned faces: crop jitter, barely any distortion
 LEFTOVERS = "few_label_leftovers"  # pool source: labelled frames the few-label protocol withholds
 NO_UNLABELLED = ("no unlabelled data: run `abaw ingest SOURCE` first, or use --ssl none")
+MAX_BROKEN_RUN = 1000  # more broken images in a row than this is damage, not the odd bad file
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,6 +231,10 @@ class IndexImages:
     def image(self, i: int) -> np.ndarray:
         return np.asarray(self.index.image(int(i), size=self.size), dtype=np.uint8)
 
+    def location(self, i: int) -> str:
+        where = getattr(self.index, "location", None)
+        return where(int(i)) if where is not None else f"unlabelled index image {i}"
+
 
 class UnlabelledPool:
     """Several image sources behind one index 0..N-1 (the index FlexMatch keeps state for)."""
@@ -252,13 +258,28 @@ class UnlabelledPool:
         return slice(int(self.ends[which - 1]) if which else 0, int(self.ends[which]))
 
     def image(self, i: int) -> np.ndarray:
+        name, offset = self._find(i)
+        return self.sources[name].image(offset)
+
+    def location(self, i: int) -> str:
+        """Where pool image ``i`` comes from, for messages."""
+        name, offset = self._find(i)
+        where = getattr(self.sources[name], "location", None)
+        return where(offset) if where is not None else f"{name} image {offset}"
+
+    def _find(self, i: int) -> tuple[str, int]:
         which = int(np.searchsorted(self.ends, i, side="right"))
         start = int(self.ends[which - 1]) if which else 0
-        return self.sources[self.names[which]].image(i - start)
+        return self.names[which], i - start
 
 
 class UnlabelledBatches(Dataset):
-    """``(k, positions)`` -> (uint8 weak views, uint8 strong views, int64 pool indices)."""
+    """``(k, positions)`` -> (uint8 weak views, uint8 strong views, int64 pool indices of the
+    images used, int64 pool indices of broken images skipped).
+
+    The skipped ones travel in the batch because loader workers are other processes: the
+    main process collects them and reports them at the end of training.
+    """
 
     def __init__(self, pool: UnlabelledPool, views: Views, *, seed: int, rank: int = 0) -> None:
         self.pool, self.views, self.seed, self.rank = pool, views, seed, rank
@@ -267,13 +288,38 @@ class UnlabelledBatches(Dataset):
         return len(self.pool)
 
     def __getitem__(self, item: tuple[int, np.ndarray]
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         k, positions = item
         rng = batch_rng(self.seed, UNLABELLED_STREAM, self.rank, k)
-        weak = [self.views.weak(self.pool.image(int(i)), rng) for i in positions]
+        used: list[int] = []
+        broken: list[int] = []
+        weak = []
+        for i in positions:
+            index, face = self.usable_image(int(i), broken)
+            used.append(index)
+            weak.append(self.views.weak(face, rng))
         with seeded_globals(int(rng.integers(2**63))):
             strong = [self.views.strong(image) for image in weak]
-        return stack(weak), stack(strong), torch.from_numpy(positions.astype(np.int64))
+        return (stack(weak), stack(strong), torch.tensor(used, dtype=torch.int64),
+                torch.tensor(broken, dtype=torch.int64))
+
+    def usable_image(self, i: int, broken: list[int]) -> tuple[int, np.ndarray]:
+        """Pool image ``i``, or the next one that decodes (its index is returned too).
+
+        A broken image is skipped, as a full ``ingest --verify`` would have; the replacement
+        depends only on ``i`` and the data, so an exact resume sees the same batches. The
+        skipped indices are appended to ``broken``.
+        """
+        tries = min(len(self.pool), MAX_BROKEN_RUN)
+        for step in range(tries):
+            index = (i + step) % len(self.pool)
+            try:
+                return index, self.pool.image(index)
+            except BrokenImage:
+                broken.append(index)
+        raise AbawError(f"{tries} unlabelled images in a row do not decode, from "
+                        f"{self.pool.location(i)} on: the data is damaged beyond the odd broken "
+                        "image; rerun `abaw ingest SOURCE --verify full`")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,12 +442,71 @@ def open_unlabeled_index(work: Workspace) -> Any:
                         "use only the Aff-Wild2 frames without a label)") from None
 
 
+class _UserError:
+    """An AbawError met in a loader worker, sent to the main process as a value."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+class _UserErrorsAsValues(Dataset):
+    """Runs in the workers: an AbawError becomes a ``_UserError`` value. Why: torch re-raises a
+    worker's exception with the worker's whole traceback as its message, so the CLI's one line
+    would be 25; ``_Loader`` raises the original message instead."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, item: Any) -> Any:
+        try:
+            return self.dataset[item]
+        except AbawError as exc:
+            return _UserError(str(exc))
+
+
+class _Loader(DataLoader):
+    """A DataLoader that raises a worker's AbawError with its own one-line message."""
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        # Not a generator: the workers must start at iter(), as starting them draws from the
+        # torch RNG, which an exact resume restores right after.
+        return _RaiseUserErrors(super().__iter__())
+
+
+class _RaiseUserErrors:
+    """The loader's iterator, raising the ``_UserError`` values as AbawError."""
+
+    def __init__(self, batches: Iterator[Any]) -> None:
+        self.batches = batches
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        batch = next(self.batches)
+        if isinstance(batch, _UserError):
+            raise AbawError(batch.message)
+        return batch
+
+
 def make_loader(dataset: Dataset, sampler: ResumableBatchSampler, *, num_workers: int,
                 pin_memory: bool) -> DataLoader:
     """Workers build whole batches (one call per batch) and stay alive between uses."""
-    return DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=num_workers,
-                      persistent_workers=num_workers > 0, pin_memory=pin_memory,
-                      prefetch_factor=2 if num_workers > 0 else None)
+    return _Loader(_UserErrorsAsValues(dataset), batch_size=None, sampler=sampler,
+                   num_workers=num_workers, persistent_workers=num_workers > 0,
+                   pin_memory=pin_memory, prefetch_factor=2 if num_workers > 0 else None)
+
+
+def broken_images_note(data: TrainingData, broken: set[int]) -> str:
+    """The end-of-training line about the unlabelled images skipped as broken."""
+    assert data.unlabelled is not None
+    first = data.unlabelled.pool.location(min(broken))
+    return (f"skipped {len(broken)} unlabelled image(s) that do not decode (the first: {first})"
+            "; each was replaced by the next image of the pool; `abaw ingest SOURCE --verify "
+            "full` drops them for good")
 
 
 def training_loaders(data: TrainingData, cfg: TrainConfig, *, start: int, rank: int,

@@ -48,6 +48,7 @@ class Batch:
     weak: Tensor | None = None
     strong: Tensor | None = None
     indices: Tensor | None = None
+    broken: Tensor | None = None  # pool indices skipped as broken (the loader used the next)
 
 
 @dataclass

@@ -34,6 +34,7 @@ from abaw_kit.ssl import make_threshold
 from abaw_kit.train import checkpoint as ckpt
 from abaw_kit.train.data import (
     TrainingData,
+    broken_images_note,
     build_training_data,
     class_loss_weights,
     training_loaders,
@@ -42,7 +43,7 @@ from abaw_kit.train.distributed import DistContext, init_distributed
 from abaw_kit.train.logbook import THRESHOLD_COLUMNS, Meter, MetricsLog
 from abaw_kit.train.loop import Batch, NonFiniteLoss, build_state, optimizer_step, train_step
 from abaw_kit.train.model import Normalizer, check_backbone, create_model, model_data_config
-from abaw_kit.workspace import Workspace, safe_join
+from abaw_kit.workspace import Workspace
 
 Log = Callable[[str], None]
 
@@ -70,7 +71,12 @@ def train(work: Workspace, cfg: TrainConfig | None, *, run_name: str | None = No
                                    with_unlabelled=cfg.ssl.method != "none")
         run_dir, cfg = _open_run_dir(work, cfg, run_name, resume, dist)
         session = TrainingRun(work, cfg, run_dir, dist, progress=progress, log=log)
-        return session.run(data, resume=resume, stop_after=stop_after)
+        try:
+            return session.run(data, resume=resume, stop_after=stop_after)
+        except BaseException:
+            if not resume and not session.stepped and dist.is_main:
+                _remove_unstarted_run(run_dir)
+            raise
     finally:
         torch.set_num_threads(threads)
         dist.close()
@@ -88,11 +94,16 @@ def _open_run_dir(work: Workspace, cfg: TrainConfig, run_name: str | None, resum
             raise AbawError(f"--resume {run_dir.name}: the config differs from the run's "
                             f"config.yaml ({shown}); resume with the run's own config (no "
                             "--config/--set), or start a new run")
+        done = ckpt.last_step(run_dir / "checkpoints")
+        if done is not None and cfg.train.steps < done:  # checked before config.yaml changes
+            raise AbawError(f"--resume {run_dir.name}: the run has trained {done} steps "
+                            f"already, so --steps {cfg.train.steps} would end before its "
+                            f"checkpoint; pass --steps {done} or more")
     else:
         name = run_name or f"{cfg.ssl.method}-{time.strftime('%Y%m%d-%H%M%S')}"
-        exists = (safe_join(work.runs_dir, name) / "config.yaml").is_file()
+        exists = (work.run_path(name) / "config.yaml").is_file()
         name, exists = dist.broadcast_object((name, exists))  # rank 0 decides for all
-        run_dir = safe_join(work.runs_dir, name)
+        run_dir = work.run_path(name)
         if exists:
             raise AbawError(f"run '{name}' already exists in {work.runs_dir}; continue it with "
                             "--resume, or choose another --run name")
@@ -102,6 +113,16 @@ def _open_run_dir(work: Workspace, cfg: TrainConfig, run_name: str | None, resum
         save_config(cfg, run_dir / "config.yaml")
     dist.barrier()
     return run_dir, cfg
+
+
+def _remove_unstarted_run(run_dir: Path) -> None:
+    """Undo a start that failed before its first step (bad weights file, model error...), so
+    the same ``--run`` name works on the next try. Only the files a start writes go."""
+    for name in ("config.yaml", "train.log", "metrics.csv"):
+        (run_dir / name).unlink(missing_ok=True)
+    for folder in (run_dir / "checkpoints", run_dir):
+        with contextlib.suppress(OSError):  # not empty: something else lives there, keep it
+            folder.rmdir()
 
 
 class TrainingRun:
@@ -122,6 +143,8 @@ class TrainingRun:
         self.train_seconds = 0.0
         self.images_seen = 0
         self._rng_to_restore: dict[str, Any] | None = None
+        self.broken_images: set[int] = set()  # unlabelled pool indices skipped as broken
+        self.stepped = False  # a training step has run: the folder now holds a real run
 
     def log(self, message: str) -> None:
         """To the caller's ``log``, else the console (with --progress), and to train.log."""
@@ -189,6 +212,9 @@ class TrainingRun:
         if loaded is None:
             self.log("no checkpoint in this run yet: starting from step 0")
             return 0
+        if ckpt.read_pointer(self.ckpt_dir) is None:
+            self.log(f"{self.ckpt_dir / ckpt.POINTER} was missing: resuming from the newest "
+                     f"complete checkpoint (step {loaded[1]['step']})")
         tensors, saved = loaded
         self._check_same_stream(saved)
         model_state, ema_state = ckpt.split_weights(tensors)
@@ -257,6 +283,9 @@ class TrainingRun:
             tick = time.perf_counter()
             for step in range(start, end):
                 batch = next(batches)
+                if batch.broken is not None:
+                    self.broken_images.update(batch.broken.tolist())
+                self.stepped = True
                 try:
                     out = train_step(self.state, batch, step)
                     optimizer_step(self.state, out["loss"], step)
@@ -360,6 +389,10 @@ class TrainingRun:
             self.work.set_latest_run(self.run_dir.name)
         summary = self._summary(completed=True, final_step=self.cfg.train.steps)
         summary["plots"] = plots
+        broken = set().union(*self.dist.gather_objects(self.broken_images))
+        summary["unlabelled_broken"] = len(broken)
+        if broken:
+            self.log(broken_images_note(self.data, broken))
         best = f"best val F1 {self.best_f1:.4f} (step {self.best_step})" if self.best_f1 else \
             "no validation"
         self.log(f"done: {best}; {summary['images_per_s']:.1f} images/s; run folder "
@@ -417,8 +450,8 @@ def batch_stream(labelled_iter: Iterator[Any], unlabelled_iter: Iterator[Any] | 
         if unlabelled_iter is None:
             yield Batch(images, labels)
         else:
-            weak, strong, indices = next(unlabelled_iter)
-            yield Batch(images, labels, weak, strong, indices)
+            weak, strong, indices, broken = next(unlabelled_iter)
+            yield Batch(images, labels, weak, strong, indices, broken)
 
 
 def _seed_everything(seed: int, deterministic: bool, device: torch.device) -> None:

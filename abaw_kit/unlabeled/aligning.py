@@ -28,9 +28,12 @@ BUCKET = 10_000  # files per folder, so no folder holds millions of crops
 class FaceAligner:
     """Detect the most confident face, align it to the ArcFace template, save it as JPEG."""
 
-    def __init__(self, detector: Any, aligned_dir: Path) -> None:
+    def __init__(self, detector: Any, aligned_dir: Path,
+                 shard: tuple[int, int] = (0, 1)) -> None:
         self.detector = detector
         self.aligned_dir = aligned_dir
+        self.shard = shard
+        self._swept: set[Path] = set()
 
     @staticmethod
     def needs_alignment(width: int, height: int) -> bool:
@@ -55,5 +58,18 @@ class FaceAligner:
         Image.fromarray(face).save(buffer, format="JPEG", quality=JPEG_QUALITY)
         data = buffer.getvalue()
         rel = f"{source}/{item // BUCKET:05d}/{item}.jpg"
+        self._sweep((self.aligned_dir / rel).parent, source)
         atomic_write_bytes(self.aligned_dir / rel, data)
         return data, Location(rel, 0, len(data), kind="aligned")
+
+    def _sweep(self, folder: Path, source: int) -> None:
+        """Before the first write into a bucket, remove the temporary crops a killed run left
+        there; only this shard's items, as other shards may be writing theirs right now."""
+        if folder in self._swept:
+            return
+        self._swept.add(folder)
+        index, count = self.shard
+        for path in folder.glob(".*.jpg.*") if folder.is_dir() else ():
+            item = path.name[1:].split(".", 1)[0]
+            if item.isdigit() and (source + int(item)) % count == index:
+                path.unlink(missing_ok=True)

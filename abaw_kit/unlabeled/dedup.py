@@ -70,6 +70,14 @@ class DigestSet:
             found[inside] |= run[pos[inside]] == sorted_unique[inside]
         return found
 
+    def contains(self, digests: np.ndarray | list[bytes]) -> np.ndarray:
+        """A bool mask: True where the digest was added before (nothing is added)."""
+        batch = as_digests(digests)
+        if len(batch) == 0:
+            return np.zeros(0, dtype=bool)
+        unique, inverse = np.unique(batch, return_inverse=True)
+        return self._present(unique)[inverse.reshape(-1)]
+
     def add(self, digests: np.ndarray | list[bytes]) -> np.ndarray:
         """Add a batch; return a bool mask: True where the digest is new (its first occurrence)."""
         batch = as_digests(digests)

@@ -16,12 +16,17 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 # PIL names of the formats behind those extensions (MPO: JPEGs from phones with extra frames).
 IMAGE_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP"})
 HASH_BYTES = 16
+# PIL refuses images above ~179M pixels and ingest those above 89.5M (its bomb warning): as RGB
+# that is 256 MiB. No file ingest accepts is larger, so a bigger size claim is damage, and
+# reading it would only run out of memory.
+MAX_IMAGE_BYTES = 256 << 20
 
 EMPTY = "empty file"
 NOT_AN_IMAGE = "not an image"
 UNSUPPORTED = "unsupported image format"
 CORRUPT = "corrupt image"
 TOO_LARGE = "image too large"
+NOT_A_FILE = "not a regular file"
 
 
 def content_hash(data: bytes) -> bytes:

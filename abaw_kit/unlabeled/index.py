@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,12 @@ from abaw_kit.workspace import safe_join
 
 _COLUMNS = ["source", "kind", "file", "offset", "length", "row_group", "row", "chunked"]
 _ROW_GROUP_CACHE = 4
+
+
+class BrokenImage(AbawError):
+    """An indexed image whose bytes are there but do not decode: ``ingest --verify sample``
+    decodes only a share of the images, so training meets the rest. Training skips these;
+    bytes that cannot be read at all (the data changed) stay a plain AbawError."""
 
 
 class UnlabeledIndex:
@@ -142,10 +149,10 @@ class UnlabeledIndex:
         data = self.read_bytes(i)
         try:
             return to_rgb_array(data, size)
-        except (OSError, SyntaxError, ValueError, UnidentifiedImageError,
-                Image.DecompressionBombError) as exc:
-            raise AbawError(f"unlabelled image {i} ({self.location(i)}) does not decode ({exc}); "
-                            "ingest with verify='full' to skip broken images") from None
+        except (OSError, SyntaxError, ValueError, EOFError, struct.error,
+                UnidentifiedImageError, Image.DecompressionBombError) as exc:
+            raise BrokenImage(f"unlabelled image {i} ({self.location(i)}) does not decode "
+                              f"({exc}); ingest with verify='full' to skip broken images") from None
 
     # -- helpers -------------------------------------------------------------------------
     def _file_name(self, i: int) -> str:

@@ -8,6 +8,7 @@ one batch of image bytes and the 16-byte digests that exact-duplicate removal ne
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -38,7 +39,7 @@ from abaw_kit.unlabeled.sampling import (
 from abaw_kit.unlabeled.sources import Location, Skip, Source, open_source
 from abaw_kit.workspace import atomic_write_json
 
-__all__ = ["ingest", "merge", "summary_table"]
+__all__ = ["check_out_dir", "ingest", "merge", "summary_table"]
 
 PART_ROWS = 50_000
 BATCH_ITEMS = 512
@@ -62,12 +63,13 @@ def ingest(sources: Sequence[str | Path], out_dir: Path, *, format: str | None =
     """
     out_dir = Path(out_dir)
     _check_options(sources, verify, limit, fraction, shard, part_rows)
+    check_out_dir(out_dir, sources)
     opened: list[Source] = []
     try:
         for sid, path in enumerate(sources):
             opened.append(open_source(sid, path, format, column))
-        _check_out_dir(out_dir, opened)
-        aligner = FaceAligner(_resolve_detector(detector), out_dir / "aligned") if align else None
+        aligner = (FaceAligner(_resolve_detector(detector), out_dir / "aligned", shard)
+                   if align else None)
         options = {"format": format, "column": column, "verify": verify, "align": align,
                    "detector": _detector_name(detector) if align else None, "limit": limit,
                    "fraction": fraction, "seed": seed, "shards": shard[1]}
@@ -99,15 +101,20 @@ def _check_options(sources: Sequence[str | Path], verify: str, limit: int | None
         raise ValueError(f"part_rows must be positive, got {part_rows}")
 
 
-def _check_out_dir(out_dir: Path, sources: list[Source]) -> None:
-    """Ingest writes only into out_dir, and out_dir must not be part of what it reads."""
-    target = out_dir.absolute().resolve()
+def check_out_dir(out_dir: str | Path, sources: Sequence[str | Path]) -> None:
+    """Ingest writes only into out_dir, and out_dir must not be part of what it reads.
+
+    Paths only, nothing opened or created: callers run it before making any folder (the CLI
+    before the workspace), so a refusal leaves no trace.
+    """
+    target = Path(out_dir).expanduser().absolute().resolve()
     for source in sources:
-        if not source.path.is_dir():
+        path = Path(source).expanduser().absolute()
+        if not path.is_dir():
             continue  # a single file: nothing else in its folder is read
-        root = source.path.resolve()
+        root = path.resolve()
         if target == root or root in target.parents:
-            raise AbawError(f"the output folder {out_dir} lies inside the source {source.path}; "
+            raise AbawError(f"the output folder {out_dir} lies inside the source {path}; "
                             "choose a workspace outside the data")
 
 
@@ -269,12 +276,19 @@ class _ShardRun:
                             "expected jpg, jpeg, png, webp or bmp images")
 
     def _process_pending(self) -> None:
-        """Hash a batch, drop exact duplicates (first one wins), check and index the rest."""
+        """Hash a batch, drop exact duplicates of kept images (first one wins), check and
+        index the rest.
+
+        Only kept images count as seen: a rejected file (empty, not decodable, no face) is
+        rejected again each time, so 10,000 empty files are 10,000 empty files, not one
+        empty file and 9,999 duplicates of it.
+        """
         batch, self.pending, self.pending_bytes = self.pending, [], 0
         digests = [content_hash(data) for _, _, data, _ in batch]
-        fresh = self.digests.add(digests)
-        for (source, item, data, loc), digest, is_new in zip(batch, digests, fresh, strict=True):
-            if not is_new:
+        known = self.digests.contains(digests)
+        kept: set[bytes] = set()
+        for (source, item, data, loc), digest, seen in zip(batch, digests, known, strict=True):
+            if seen or digest in kept:
                 self._count(source, "duplicates")
                 continue
             try:
@@ -282,9 +296,11 @@ class _ShardRun:
             except Skip as skip:
                 self._skip(source, skip.reason)
                 continue
+            kept.add(digest)
             self.rows.add(source, item, loc, digest, width, height)
             self._count(source, "ingested")
             self._count(source, "bytes", loc.length)
+        self.digests.add(list(kept))
         self.update(self.done, int(self.stats["ingested"]))
 
     def _check(self, source: Source, item: int, data: bytes,
@@ -356,13 +372,22 @@ def merge(out_dir: Path) -> dict[str, Any]:
     """Merge every finished shard's parts into ``index.parquet`` (duplicates across shards
     removed, candidate order kept) and write ``sources.json`` and ``summary.json``."""
     out_dir = Path(out_dir)
-    states = parts.load_shards(out_dir)
+    parts.load_shards(out_dir)  # the clear errors first, before anything is created
+    with parts.locked(out_dir):  # two shards finishing together: the second finds it done
+        states = parts.load_shards(out_dir)
+        saved = out_dir / "summary.json"
+        if saved.is_file() and (out_dir / "index.parquet").is_file():
+            with contextlib.suppress(ValueError):
+                previous = json.loads(saved.read_text())
+                if previous.get("fingerprint") == states[0].fingerprint:
+                    return previous
+        parts.sweep_merge_temporaries(out_dir)  # a merge killed before left its files
+        return _merge(out_dir, states)
+
+
+def _merge(out_dir: Path, states: list[parts.ShardState]) -> dict[str, Any]:
     fp = states[0].fingerprint
     saved = out_dir / "summary.json"
-    if saved.is_file() and (out_dir / "index.parquet").is_file():
-        previous = json.loads(saved.read_text())
-        if previous.get("fingerprint") == fp:
-            return previous
     described = json.loads((parts.parts_dir(out_dir) / "sources.json").read_text())
     if described.get("fingerprint") != fp:
         raise AbawError(f"{parts.parts_dir(out_dir)}/sources.json does not belong to these parts;"

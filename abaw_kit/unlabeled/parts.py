@@ -5,17 +5,21 @@ Layout of ``out_dir``::
     parts/sources.json            the sources as every shard opened them
     parts/checkpoint-<i>.json     shard i: its parts, where to resume, its counters
     parts/part-<i>-<k>.parquet    shard i's k-th chunk of index rows (atomic, never rewritten)
+    parts/.lock                   held while a process writes files every shard shares
     index.parquet                 all shards merged in candidate order, duplicates removed
     sources.json                  how to find each source's bytes again (+ per-source counts)
     summary.json                  the summary ``ingest`` returned
     aligned/                      crops written by ``--align``
 
 A part is written before the checkpoint that lists it, both atomically: after a kill the rerun
-finds the last checkpoint, drops any part it does not list, and continues from there.
+finds the last checkpoint, drops any part it does not list, and continues from there. A kill
+also leaves the temporary file of the write it interrupted (``.<name>.<random>.<ext>``): the
+next run sweeps the ones it owns (its shard's; shared files under ``parts/.lock``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -30,6 +34,11 @@ from abaw_kit.errors import AbawError
 from abaw_kit.unlabeled.dedup import DigestSet, digests_from_hex_column
 from abaw_kit.workspace import atomic_path, atomic_write_json
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; shards there must not finish at once
+    fcntl = None  # type: ignore[assignment]
+
 FORMAT_VERSION = 1
 FINGERPRINT_KEY = b"abaw_fingerprint"
 ITEM_BITS = 40  # merge key = source << 40 | item: 10^12 items per source
@@ -40,6 +49,8 @@ INDEX_SCHEMA = pa.schema([
     ("hash", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
 ])
 MERGE_ROW_GROUP = 100_000
+LOCK_NAME = ".lock"
+MERGE_OUTPUTS = ("index.parquet", "sources.json", "summary.json")
 
 
 def parts_dir(out_dir: Path) -> Path:
@@ -86,15 +97,48 @@ class ShardState:
         return state if state.version == FORMAT_VERSION else None
 
 
-def open_shard(out_dir: Path, shard: tuple[int, int], fingerprint: str,
-               sources: list[dict[str, Any]]) -> ShardState:
-    """This shard's checkpoint to resume from, after removing what other options left behind."""
+@contextlib.contextmanager
+def locked(out_dir: Path) -> Iterator[None]:
+    """Hold the ingest's lock while touching files all shards share (``parts/sources.json``,
+    the merge's outputs): shards that finish together take turns, and the holder may sweep
+    their temporary files, since nobody else is writing them. A killed holder's lock goes
+    with its process."""
     folder = parts_dir(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    for path in sorted(folder.glob("checkpoint-*.json")):
-        other = ShardState.load(path)
-        if other is None or other.fingerprint != fingerprint:
-            _remove_shard_files(folder, path)
+    with open(folder / LOCK_NAME, "a+b") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield
+
+
+def sweep_temporaries(folder: Path, *names: str) -> None:
+    """Remove the temporary files ``atomic_path`` left for targets named like ``names``
+    (glob patterns) when a kill interrupted the write."""
+    for name in names:
+        for path in folder.glob(f".{name}.*"):
+            if path.is_file():
+                path.unlink(missing_ok=True)
+
+
+def _shard_temporaries(shard: int | str) -> tuple[str, str]:
+    return f"part-{shard}-*.parquet", f"checkpoint-{shard}.json"
+
+
+def open_shard(out_dir: Path, shard: tuple[int, int], fingerprint: str,
+               sources: list[dict[str, Any]]) -> ShardState:
+    """This shard's checkpoint to resume from, after removing what other options left behind
+    and what a kill of this shard left half-written."""
+    folder = parts_dir(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    sweep_temporaries(folder, *_shard_temporaries(shard[0]))  # only this process writes them
+    with locked(out_dir):
+        for path in sorted(folder.glob("checkpoint-*.json")):
+            other = ShardState.load(path)
+            if other is None or other.fingerprint != fingerprint:
+                _remove_shard_files(folder, path)
+        sweep_temporaries(folder, "sources.json")
+        atomic_write_json(folder / "sources.json", {
+            "version": FORMAT_VERSION, "fingerprint": fingerprint, "sources": sources})
     state = ShardState.load(checkpoint_path(out_dir, shard[0]))
     if state is None or state.fingerprint != fingerprint:
         state = ShardState(fingerprint, shard)
@@ -102,15 +146,21 @@ def open_shard(out_dir: Path, shard: tuple[int, int], fingerprint: str,
     for part in folder.glob(f"part-{shard[0]}-*.parquet"):
         if part.name not in listed:  # written just before a kill, its checkpoint never was
             part.unlink()
-    atomic_write_json(folder / "sources.json", {"version": FORMAT_VERSION,
-                                                "fingerprint": fingerprint, "sources": sources})
     return state
+
+
+def sweep_merge_temporaries(out_dir: Path) -> None:
+    """Every temporary file a killed ingest left; call while holding ``locked`` once every
+    shard is complete (then no process writes parts or checkpoints any more)."""
+    sweep_temporaries(out_dir, *MERGE_OUTPUTS)
+    sweep_temporaries(parts_dir(out_dir), *_shard_temporaries("*"), "sources.json")
 
 
 def _remove_shard_files(folder: Path, checkpoint: Path) -> None:
     shard = checkpoint.stem.split("-", 1)[1]
     for part in folder.glob(f"part-{shard}-*.parquet"):
         part.unlink()
+    sweep_temporaries(folder, *_shard_temporaries(shard))
     checkpoint.unlink()
 
 

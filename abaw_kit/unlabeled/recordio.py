@@ -32,6 +32,7 @@ MAX_CHUNK = (1 << LENGTH_BITS) - 1
 FRAME = struct.Struct("<II")  # magic, lrecord
 IR_HEADER = struct.Struct("<IfQQ")  # flag, label, id, id2
 CFLAG_WHOLE, CFLAG_FIRST, CFLAG_MIDDLE, CFLAG_LAST = 0, 1, 2, 3
+MIN_RECORD_BYTES = FRAME.size + IR_HEADER.size  # the least a record with a header takes
 _RESYNC_BLOCK = 1 << 20
 
 # Why a record could not be read: these strings are the skip categories users see.

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from abaw_kit.errors import AbawError
-from abaw_kit.unlabeled.images import is_image_name
+from abaw_kit.unlabeled.images import MAX_IMAGE_BYTES, NOT_A_FILE, TOO_LARGE, is_image_name
 from abaw_kit.unlabeled.sources import Candidate, Location, Skip, Source
 
 NOT_IMAGE_FILE = "not an image file"
@@ -71,10 +72,24 @@ class FolderSource(Source):
                 yield rel, NOT_IMAGE_FILE
 
     def read(self, ref: Any) -> tuple[bytes, Location]:
+        """The file's bytes; the size is checked first, and a FIFO or device named like an
+        image is refused (reading one would block or never end)."""
         try:
-            data = (self._real_root / ref).read_bytes()
+            fd = os.open(self._real_root / ref, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            try:
+                info = os.fstat(fd)
+                if not stat.S_ISREG(info.st_mode):
+                    raise Skip(NOT_A_FILE, ref)
+                if info.st_size > MAX_IMAGE_BYTES:
+                    raise Skip(TOO_LARGE, f"{ref}: {info.st_size} bytes")
+                with os.fdopen(os.dup(fd), "rb") as handle:
+                    data = handle.read(MAX_IMAGE_BYTES + 1)
+            finally:
+                os.close(fd)
         except OSError as exc:
             raise Skip(UNREADABLE, f"{ref}: {exc.strerror or exc}") from None
+        if len(data) > MAX_IMAGE_BYTES:  # grew since the fstat
+            raise Skip(TOO_LARGE, ref)
         return data, Location(ref, 0, len(data))
 
 

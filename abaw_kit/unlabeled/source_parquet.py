@@ -20,6 +20,8 @@ from abaw_kit.unlabeled.sources import Candidate, Location, Skip, Source
 
 PREFERRED_COLUMNS = ("image", "jpg", "jpeg", "png", "bytes", "img")
 NO_BYTES = "row without image bytes"
+UNREADABLE_GROUP = "unreadable row group"
+MAX_ROWS_PER_BYTE = 4096
 
 
 def is_bytes_type(kind: pa.DataType) -> bool:
@@ -82,7 +84,7 @@ class ParquetSource(Source):
             self.root = self.path.parent
             self.files = [self.path.name]
         self._chosen: str | None = None
-        self._cache: tuple[tuple[int, int], pa.Array] | None = None
+        self._cache: tuple[tuple[int, int], pa.Array | str] | None = None  # str: why unreadable
 
     def _open(self, index: int) -> pq.ParquetFile:
         path = self.root / self.files[index]
@@ -97,9 +99,7 @@ class ParquetSource(Source):
     def candidates(self, start: int = 0) -> Iterator[Candidate]:
         item = 0
         for index in range(len(self.files)):
-            meta = self._open(index).metadata
-            for group in range(meta.num_row_groups):
-                rows = meta.row_group(group).num_rows
+            for group, rows in enumerate(self._row_counts(index)):
                 if item + rows <= start:
                     item += rows
                     continue
@@ -109,18 +109,45 @@ class ParquetSource(Source):
                     item += 1
 
     def count(self) -> int:
-        return sum(self._open(i).metadata.num_rows for i in range(len(self.files)))
+        return sum(sum(self._row_counts(i)) for i in range(len(self.files)))
+
+    def _row_counts(self, index: int) -> list[int]:
+        """Rows per row group from the footer, checked against the file size.
+
+        Why: the counts are taken on trust to list candidates and plan the subset, so a
+        damaged footer claiming 10**18 rows would loop for ever. The bound is loose (runs of
+        empty rows compress to about 500 per byte) and only catches impossible claims.
+        """
+        meta = self._open(index).metadata
+        rows = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+        path = self.root / self.files[index]
+        most = path.stat().st_size * MAX_ROWS_PER_BYTE
+        if sum(rows) > most or min(rows, default=0) < 0:
+            raise AbawError(f"{path}: the parquet footer claims {sum(rows)} rows, more than a "
+                            f"file of {path.stat().st_size} bytes can hold; the file is "
+                            "damaged; re-download or rewrite it")
+        return rows
 
     def read(self, ref: Any) -> tuple[bytes, Location]:
         index, group, row = ref
+        where = f"{self.files[index]} row group {group} row {row}"
         if self._cache is None or self._cache[0] != (index, group):
             handle = self._open(index)
             assert self._chosen is not None
-            table = handle.read_row_group(group, columns=[self._chosen])
-            self._cache = ((index, group), column_values(table, self._chosen))
-        value = self._cache[1][row].as_py()
+            try:
+                table = handle.read_row_group(group, columns=[self._chosen])
+                values: pa.Array | str = column_values(table, self._chosen)
+            except (pa.ArrowException, OSError) as exc:  # a damaged page: skip its rows
+                values = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            self._cache = ((index, group), values)
+        values = self._cache[1]
+        if isinstance(values, str):
+            raise Skip(UNREADABLE_GROUP, f"{where}: {values}")
+        if row >= len(values):  # the footer promised more rows than the page holds
+            raise Skip(UNREADABLE_GROUP, f"{where}: the row group holds {len(values)} rows")
+        value = values[row].as_py()
         if not value:
-            raise Skip(NO_BYTES, f"{self.files[index]} row group {group} row {row}")
+            raise Skip(NO_BYTES, where)
         return value, Location(self.files[index], -1, len(value), row_group=group, row=row)
 
     def describe(self) -> dict[str, Any]:

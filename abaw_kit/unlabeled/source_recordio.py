@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,11 +14,17 @@ import numpy as np
 
 from abaw_kit.errors import AbawError
 from abaw_kit.unlabeled import recordio as rio
+from abaw_kit.unlabeled.images import MAX_IMAGE_BYTES, TOO_LARGE
 from abaw_kit.unlabeled.sources import Candidate, Location, Skip, Source
 
 IDX_MISMATCH = "idx offset mismatch"
 NO_IMAGE = "record without image bytes"
 PREFLIGHT_ENTRIES = 64
+META_MAX_BYTES = 1 << 16  # a meta record is a header and a few labels
+
+
+class _TooLarge(Exception):
+    """A record far larger than any image ingest accepts."""
 
 
 @dataclass
@@ -78,13 +85,31 @@ class RecordIOSource(Source):
             offset = first[1]
         try:
             span = rio.locate_record(self._fd, offset, self._size)
+            if span.length > META_MAX_BYTES:
+                return None  # an image (im2rec keeps no meta record), or damage: not read
             header, start = rio.parse_header(rio.read_payload(self._fd, span), offset)
         except rio.RecordError:
             return None
         if span.length == start and header.flag >= 1:
-            end = int(header.label[0])  # type: ignore[index]
-            return end if end >= 1 else None
+            return self._image_end_from(header.label[0])  # type: ignore[index]
         return None
+
+    def _image_end_from(self, claim: float) -> int | None:
+        """The meta record's label[0] (1 + the image count), checked against the file size.
+
+        Why: without an .idx the count is taken on trust to plan the subset and the verify
+        sample, so a damaged claim of 10**18 images would loop for ever.
+        """
+        damaged = "the file is damaged; re-download it"
+        if not math.isfinite(claim):
+            raise AbawError(f"{self.rec_path}: the meta record (key 0) has label[0] = {claim}; "
+                            f"expected 1 + the number of images; {damaged}")
+        end, most = int(claim), self._size // rio.MIN_RECORD_BYTES
+        if end - 1 > most:
+            raise AbawError(f"{self.rec_path}: the meta record (key 0) claims {end - 1} images, "
+                            f"but a file of {self._size} bytes holds at most {most} (a record "
+                            f"takes {rio.MIN_RECORD_BYTES} bytes or more); {damaged}")
+        return end if end >= 1 else None
 
     def _idx_entries(self) -> Iterator[tuple[int, int]]:
         """(key, offset) in key order: streamed when the .idx is sorted (insightface's are)."""
@@ -162,10 +187,14 @@ class RecordIOSource(Source):
         key, where = ref
         try:
             span = where if isinstance(where, rio.RecordSpan) else self._locate(where)
+            if span.length > MAX_IMAGE_BYTES + rio.IR_HEADER.size:
+                raise _TooLarge(f"record of {span.length} bytes")  # not read into memory
             payload = rio.read_payload(fd, span)
             _, start = rio.parse_header(payload, span.offset)
         except rio.RecordError as err:
             raise Skip(err.reason, f"{self.rec_path.name} key {key}: {err}") from None
+        except _TooLarge as err:
+            raise Skip(TOO_LARGE, f"{self.rec_path.name} key {key}: {err}") from None
         image = payload[start:]
         if not image:
             raise Skip(NO_IMAGE, f"{self.rec_path.name} key {key}")

@@ -14,16 +14,17 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 from abaw_kit.errors import AbawError
-from abaw_kit.unlabeled.images import is_image_name
+from abaw_kit.unlabeled.images import MAX_IMAGE_BYTES, TOO_LARGE, is_image_name
 from abaw_kit.unlabeled.sources import Candidate, Location, Skip, Source
 
 UNSAFE_MEMBER = "unsafe member name"
 NO_IMAGE_MEMBER = "sample without an image member"
 UNREADABLE_TAR = "unreadable tar"
 TRUNCATED_TAR = "truncated tar"
+DAMAGED_HEADER = "damaged tar header"
 
 
 @dataclass
@@ -42,6 +43,7 @@ class TarSource(Source):
             self.root = self.path.parent
             self.files = [self.path.name]
         self._fds: dict[str, int] = {}
+        self._sizes: dict[str, int] = {}
 
     def candidates(self, start: int = 0) -> Iterator[Candidate]:
         item = 0
@@ -52,29 +54,39 @@ class TarSource(Source):
                 item += 1
 
     def _samples(self, name: str) -> Iterator[tuple[Any, str | None]]:
-        """One (ref, problem) per sample of one shard; members' data are seeked over, not read."""
+        """One (ref, problem) per sample of one shard; members' data are seeked over, not read.
+
+        ``ignore_zeros`` makes tarfile step over a damaged header to the next good one instead
+        of ending the shard there in silence; the bytes it stepped over count as a problem.
+        """
+        path = self.root / name
         try:
-            archive = tarfile.open(self.root / name, mode="r:")  # noqa: SIM115 - closed below
-        except (tarfile.TarError, OSError):
+            archive = tarfile.open(path, mode="r:", ignore_zeros=True)  # noqa: SIM115 - below
+        except (tarfile.TarError, OSError, ValueError):
             yield None, UNREADABLE_TAR
             return
         key: str | None = None
         image: tarfile.TarInfo | None = None
-        with archive:
+        expected = 0  # where the next header starts when nothing is damaged
+        with archive, open(path, "rb") as raw:
             while True:
                 try:
                     member = archive.next()
-                except (tarfile.TarError, OSError, EOFError):
+                except (tarfile.TarError, OSError, EOFError, ValueError):
                     member, truncated = None, True
                 else:
                     truncated = False
                 archive.members = []  # tarfile keeps every header otherwise: memory grows
+                skipped_to = member.offset if member is not None else None
+                if not truncated and _holds_data(raw, expected, skipped_to):
+                    yield None, DAMAGED_HEADER
                 if member is None:
                     if key is not None:
                         yield self._sample(name, image)
                     if truncated:
                         yield None, TRUNCATED_TAR
                     return
+                expected = archive.offset  # after this member's data (sparse ones too)
                 if member.isdir():
                     continue
                 if not _safe_name(member.name) or not member.isreg():
@@ -99,6 +111,13 @@ class TarSource(Source):
         fd = self._fds.get(name)
         if fd is None:
             fd = self._fds[name] = os.open(self.root / name, os.O_RDONLY)
+            self._sizes[name] = os.fstat(fd).st_size
+        # The size comes from the member's header: check it before allocating that much.
+        if offset + size > self._sizes[name]:
+            raise Skip(TRUNCATED_TAR, f"{name}: member {member} claims {size} bytes at byte "
+                                      f"{offset}, past the end of the archive")
+        if size > MAX_IMAGE_BYTES:
+            raise Skip(TOO_LARGE, f"{name}: member {member} holds {size} bytes")
         data = os.pread(fd, size, offset)
         if len(data) != size:
             raise Skip(TRUNCATED_TAR, f"{name}: {member}")
@@ -113,6 +132,22 @@ class TarSource(Source):
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+
+
+def _holds_data(raw: BinaryIO, start: int, end: int | None) -> bool:
+    """Whether bytes ``start:end`` (``end`` None: to the end) are not all zero padding."""
+    if end is not None and end <= start:
+        return False
+    raw.seek(start)
+    left = -1 if end is None else end - start
+    while left != 0:
+        block = raw.read(1 << 20 if left < 0 else min(left, 1 << 20))
+        if not block:
+            return False
+        if block.count(0) != len(block):
+            return True
+        left = -1 if left < 0 else left - len(block)
+    return False
 
 
 def _safe_name(name: str) -> bool:
