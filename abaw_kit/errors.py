@@ -35,3 +35,17 @@ def environment_error_message(exc: OSError) -> str:
     reason = exc.strerror or type(exc).__name__
     return (f"{reason} ({where}); {advice}; finished work is kept and a rerun resumes where "
             "it stopped")
+
+
+def quote_line(text: str) -> str:
+    """A line as quoted in error messages: short, visible when empty, and with invisible
+    characters escaped (a byte order mark shows as \\ufeff), so a line that looks like the
+    expected one shows where it differs."""
+    if not text:
+        return "an empty line"
+    shown = "".join(c if c == " " or (c.isprintable() and not c.isspace())
+                    else c.encode("unicode_escape").decode("ascii") for c in text[:80])
+    quoted = f"'{shown}...'" if len(text) > 80 else f"'{shown}'"
+    if "\ufeff" in text:
+        quoted += " (\\ufeff is a byte order mark: remove it, or save the file as plain UTF-8)"
+    return quoted

@@ -31,7 +31,7 @@ from abaw_kit.data.release import (
 from abaw_kit.data.store import FACE_SIZE, FaceStoreWriter, shard_names
 from abaw_kit.errors import AbawError
 from abaw_kit.progress import progress_bar
-from abaw_kit.workspace import SPLITS, Workspace, atomic_write_json
+from abaw_kit.workspace import SPLITS, Workspace, atomic_write_json, check_split
 
 SOURCES = ("auto", "crops", "video")
 
@@ -167,6 +167,8 @@ def choose_source(release: Release, requested: str) -> str:
 def prepare(work: Workspace, options: PrepareOptions, *, progress: bool = False,
             log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Prepare every requested split; returns the summary the CLI prints (and --json dumps)."""
+    for split in options.splits:  # before the demo is generated or anything is written
+        check_split(split)
     work.ensure()
     root, is_demo = resolve_data_root(work, options.data_root, progress=progress)
     if work.root == root or root in work.root.parents:

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from abaw_kit.classes import CLASS_NAMES, NUM_CLASSES, SUBMISSION_HEADER
-from abaw_kit.errors import AbawError
+from abaw_kit.errors import AbawError, quote_line
 from abaw_kit.workspace import atomic_path
 
 FRAME_DIGITS = 5
@@ -99,7 +99,7 @@ def _read_lines(path: Path) -> list[str]:
     if len(data) > MAX_FILE_BYTES:
         raise AbawError(too_big)
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8").lstrip("\ufeff")  # byte order marks of Windows editors
     except UnicodeDecodeError as exc:
         raise AbawError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     lines = text.split("\n")
@@ -134,12 +134,13 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
     if not lines:
         raise AbawError(f"{path}: the file is empty; expected the header {SUBMISSION_HEADER}")
     if lines[0] != SUBMISSION_HEADER:
-        raise AbawError(f"{path}:1: header '{lines[0][:80]}'; expected '{SUBMISSION_HEADER}'")
+        raise AbawError(f"{path}:1: header {quote_line(lines[0])}; expected "
+                        f"'{SUBMISSION_HEADER}'")
     body = lines[1:]
     well_formed = pd.Series(body, dtype=object).str.fullmatch(_LINE_RE).to_numpy(dtype=bool)
     if not well_formed.all():
         first = int(np.flatnonzero(~well_formed)[0])
-        raise AbawError(f"{path}:{first + 2}: '{body[first][:80]}' is not "
+        raise AbawError(f"{path}:{first + 2}: {quote_line(body[first])} is not "
                         "'<video>/<NNNNN>.jpg,<label>'")
     table = _parse_checked_lines(body)
     label_values = table["label"].to_numpy()

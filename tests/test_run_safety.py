@@ -201,3 +201,9 @@ def test_an_output_under_a_file_is_one_line(tmp_path: Path) -> None:
     code, lines = cli("prepare", "--data-root", str(build_fake_release(tmp_path / "r")),
                       "--work", str(tmp_path / "file" / "work"))
     assert code == 2 and len(lines) == 1 and str(tmp_path / "file") in lines[0]
+
+
+def test_prepare_refuses_an_unknown_split_before_writing_anything(tmp_path: Path) -> None:
+    code, lines = cli("prepare", "--split", "../x", "--work", str(tmp_path / "work"))
+    assert code == 2 and len(lines) == 1 and "unknown split '../x'" in lines[0]
+    assert not (tmp_path / "work").exists()

@@ -97,7 +97,7 @@ def _mutated(tmp_path: Path, change: Edit) -> Path:
     (lambda ls: ls[:-1], r"bad.txt:9: file ends after 7 frames; expected video45_1/00002.jpg"),
     (lambda ls: ls[:2] + ["10-60-1280x720_left/2.jpg,1"] + ls[3:], r"bad.txt:3: .* is not"),
     (lambda ls: ls[:2] + ["10-60-1280x720_left/00002.jpg"] + ls[3:], r"bad.txt:3: .* is not"),
-    (lambda ls: ls[:2] + [""] + ls[3:], r"bad.txt:3: '' is not"),
+    (lambda ls: ls[:2] + [""] + ls[3:], r"bad.txt:3: an empty line is not"),
 ], ids=["header", "missing-frame", "duplicate", "label-8", "extra-line", "unknown-video",
         "order-swapped", "truncated", "unpadded-frame", "no-label", "blank-line"])
 def test_check_names_the_first_bad_line(tmp_path: Path, change: Edit, message: str) -> None:
@@ -156,3 +156,24 @@ def test_numeric_and_dotted_video_names_survive_a_round_trip(tmp_path: Path) -> 
     assert table["video"].tolist() == videos
     assert table["frame"].tolist() == frames
     assert _lines(path)[-1] == "1-30-1280x720/123456.jpg,5"
+
+
+def test_a_prediction_file_with_a_byte_order_mark_is_read(tmp_path) -> None:
+    from abaw_kit.submission import SUBMISSION_HEADER, read_predictions
+
+    path = tmp_path / "bom.txt"
+    path.write_bytes(("\ufeff" + SUBMISSION_HEADER + "\nv/00001.jpg,3\n").encode("utf-8"))
+    table = read_predictions(path)
+    assert list(table["label"]) == [3]
+
+
+def test_an_invisible_character_in_a_line_is_shown(tmp_path) -> None:
+    import pytest
+
+    from abaw_kit.errors import AbawError
+    from abaw_kit.submission import SUBMISSION_HEADER, read_predictions
+
+    path = tmp_path / "zw.txt"
+    path.write_text(SUBMISSION_HEADER.replace(",", "\u200b,", 1) + "\nv/00001.jpg,3\n")
+    with pytest.raises(AbawError, match=r"\\u200b"):
+        read_predictions(path)

@@ -36,7 +36,7 @@ from abaw_kit.classes import (
     NUM_CLASSES,
     SUBMISSION_HEADER,
 )
-from abaw_kit.errors import AbawError
+from abaw_kit.errors import AbawError, quote_line
 
 SPLITS = ("train", "val", "test")
 SPLIT_FOLDERS = {"train": "Train_Set", "val": "Validation_Set"}
@@ -117,20 +117,6 @@ def split_subject(name: str) -> tuple[str, str]:
 
 
 # ----------------------------------------------------------------------------- text files
-
-
-def quote_line(text: str) -> str:
-    """A line as quoted in error messages: short, visible when empty, and with invisible
-    characters escaped (a byte order mark shows as \\ufeff), so a line that looks like the
-    expected one shows where it differs."""
-    if not text:
-        return "an empty line"
-    shown = "".join(c if c == " " or (c.isprintable() and not c.isspace())
-                    else c.encode("unicode_escape").decode("ascii") for c in text[:80])
-    quoted = f"'{shown}...'" if len(text) > 80 else f"'{shown}'"
-    if "\ufeff" in text:
-        quoted += " (\\ufeff is a byte order mark: remove it, or save the file as plain UTF-8)"
-    return quoted
 
 
 def _read_lines(path: Path) -> list[str]:
