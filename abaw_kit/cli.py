@@ -26,10 +26,10 @@ console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 WorkOpt = Annotated[Path | None, typer.Option(
-    "--work", envvar="ABAW_WORK", help="Workspace folder [default: ./abaw-work].")]
+    "--work", envvar="ABAW_WORK", help="Workspace folder (default: ./abaw-work).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
-RunOpt = Annotated[str | None, typer.Option("--run", help="Run name [default: the latest run].")]
+RunOpt = Annotated[str | None, typer.Option("--run", help="Run name (default: the latest run).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")]
 
 
@@ -82,11 +82,11 @@ def kv_table(title: str, rows: dict[str, Any]) -> Table:
 def prepare(
     data_root: Annotated[Path | None, typer.Option(
         "--data-root", envvar="ABAW_DATA",
-        help="Aff-Wild2 release root [default: the built-in demo dataset].")] = None,
+        help="Aff-Wild2 release root (default: the built-in demo dataset).")] = None,
     source: Annotated[str, typer.Option(
         help="crops | video | auto (crops when present).")] = "auto",
     split: Annotated[list[str] | None, typer.Option(
-        "--split", help="Split(s) to prepare [default: train, val, test].")] = None,
+        "--split", help="Split(s) to prepare (default: train, val, test).")] = None,
     detector: Annotated[str, typer.Option(help="Face detector for --source video.")] = "retinaface",
     detector_weights: Annotated[Path | None, typer.Option(
         help="Local RetinaFace weights (offline route).")] = None,
@@ -129,7 +129,7 @@ def _prepare_tables(result: dict[str, Any]) -> list[Table]:
 def inspect(
     data_root: Annotated[Path | None, typer.Option(
         "--data-root", envvar="ABAW_DATA",
-        help="Release root [default: the demo dataset].")] = None,
+        help="Release root (default: the demo dataset).")] = None,
     frame_counts: Annotated[bool, typer.Option(
         help="Read video frame counts to find annotations longer than their video.")] = True,
     work: WorkOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False,
@@ -155,7 +155,7 @@ def ingest(
     sources: Annotated[list[Path], typer.Argument(help="RecordIO folders/.rec, image folders, "
                                                        ".tar shards or .parquet files.")],
     format: Annotated[str | None, typer.Option(help="recordio | folder | tar | parquet "
-                                                   "[default: detected].")] = None,
+                                                   "(default: detected).")] = None,
     column: Annotated[str | None, typer.Option(help="Parquet image-bytes column.")] = None,
     verify: Annotated[str, typer.Option(help="full | sample | none | auto.")] = "auto",
     align: Annotated[bool, typer.Option(help="Detect and align faces that are not "
@@ -209,7 +209,7 @@ def train(
     ssl: Annotated[str | None, typer.Option(
         help="none | fixmatch | flexmatch | freematch | dtm.")] = None,
     config: Annotated[Path | None, typer.Option(
-        "--config", help="YAML config [default: configs/<ssl>.yaml; demo.yaml on the demo].")
+        "--config", help="YAML config (default: configs/<ssl>.yaml; demo.yaml on the demo).")
     ] = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a config key: --set optim.lr=0.001 (repeatable).")] = None,
@@ -261,7 +261,9 @@ def evaluate(
     ] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Overwrite an existing --write-predictions file.")] = False,
-    batch_size: Annotated[int, typer.Option(min=1)] = 256,
+    batch_size: Annotated[int | None, typer.Option(
+        min=1, help="Frames per batch (default: 256 on CPU; on a GPU 1024 at 112 px, fewer "
+                    "for larger inputs).")] = None,
     device: DeviceOpt = "auto",
     work: WorkOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False,
 ) -> None:
@@ -281,17 +283,19 @@ def submit(
     run: RunOpt = None,
     out: Annotated[Path | None, typer.Option(
         "--out", help="Output file, or a folder for a numbered name; an existing file needs "
-                      "--force, and nothing is written inside the data root [default: "
-                      "<work>/submissions/expr_submission_<n>.txt].")] = None,
+                      "--force, and nothing is written inside the data root (default: "
+                      "<work>/submissions/expr_submission_<n>.txt).")] = None,
     smooth: Annotated[str | None, typer.Option(
-        help="Smoothing [default: the choice `evaluate --smooth auto` recorded in the run].")
+        help="Smoothing (default: the choice `evaluate --smooth auto` recorded in the run).")
     ] = None,
     check: Annotated[Path | None, typer.Option(
         "--check", help="Only validate an existing submission file against the example file.")
     ] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Overwrite an existing --out file.")] = False,
-    batch_size: Annotated[int, typer.Option(min=1)] = 256,
+    batch_size: Annotated[int | None, typer.Option(
+        min=1, help="Frames per batch (default: 256 on CPU; on a GPU 1024 at 112 px, fewer "
+                    "for larger inputs).")] = None,
     device: DeviceOpt = "auto",
     work: WorkOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False,
 ) -> None:
@@ -316,10 +320,10 @@ def predict(
     run: RunOpt = None,
     out_dir: Annotated[Path | None, typer.Option(
         "--out-dir", help="Where CSVs and PNGs go, one <name>.csv/.png per video (same-stem "
-                          "videos get their parent folder's name in front) [default: "
-                          "<work>/predictions].")] = None,
+                          "videos get their parent folder's name in front) (default: "
+                          "<work>/predictions).")] = None,
     smooth: Annotated[str | None, typer.Option(
-        help="Smoothing [default: the run's choice]; a window longer than the video is an "
+        help="Smoothing (default: the run's choice); a window longer than the video is an "
              "error.")] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Overwrite CSVs and PNGs an earlier predict wrote.")] = False,

@@ -56,8 +56,13 @@ class DataConfig:
     input_size: int = opt(112, "side (pixels) the 112x112 aligned faces are resized to",
                           min=16, max=1024)
     batch_size: int = opt(64, "labelled images per step and per process", min=1)
-    num_workers: int = opt(4, "DataLoader worker processes per stream (0 = in the main process)",
-                           min=0, max=64)
+    num_workers: int = opt(4, "DataLoader worker processes of the unlabelled stream (0 = in the "
+                           "main process); see labelled_workers for the labelled one", min=0,
+                           max=64)
+    labelled_workers: int = opt(-1, "DataLoader worker processes of the labelled stream; -1 = "
+                                "auto: 1 beside an unlabelled stream (its weak views are a small "
+                                "share of a step's work), 0 when num_workers is 0, num_workers "
+                                "with ssl none (the only stream)", min=-1, max=64)
     balance: str = opt("sampler", "class-imbalance remedy: sampler = class-balanced sampling, "
                        "weights = class-weighted cross-entropy, none",
                        choices=("sampler", "weights", "none"))
@@ -139,6 +144,20 @@ class SslConfig:
     negative_threshold: float = opt(0.05, "teacher probability below which a class of a "
                                     "rejected image counts as 'not this class'", min=0.0,
                                     max=1.0, min_open=True)
+    unsup_logit_adjust: float = opt(0.0, "logit-adjusted unlabelled loss: the strong logits get "
+                                    "+ tau * log(share of each class among accepted pseudo-"
+                                    "labels) before the cross-entropy, so majority-class FR "
+                                    "photos teach features, not the FR class prior (tau; 0 = "
+                                    "off)", min=0.0, max=2.0)
+    oracle: bool = opt(False, "diagnostic, demo only: train on the true class of each "
+                       "unlabelled image instead of pseudo-labels (every image with a known "
+                       "class accepted), an upper bound of what the unlabelled data can give")
+    weak_no_grad: bool = opt(False, "student teacher: forward the weak views in a pass of their "
+                             "own without a graph (backward then covers only the labelled and "
+                             "strong rows: less memory and time). BatchNorm then normalises "
+                             "the weak views with their own batch statistics, not the joint "
+                             "batch's, and updates its running statistics twice a step; "
+                             "ignored with teacher ema")
     params: dict[str, Any] = opt({}, "threshold parameters passed to the method, e.g. "
                                  "{p_cutoff: 0.9}; unset ones keep the method's defaults; "
                                  "cleared when --ssl/--set picks another method than the file's")
@@ -150,15 +169,22 @@ class LoopConfig:
 
     steps: int = opt(20000, "optimiser steps", min=1)
     seed: int = opt(0, "seed of sampling, augmentation and initialisation", min=0)
-    device: str = opt("auto", "auto (cuda when available, else cpu), cpu, cuda, cuda:1 ...")
+    device: str = opt("auto", "auto (cuda when available, else cpu), cpu, cuda, cuda:1 ...; "
+                      "under torchrun every rank takes GPU LOCAL_RANK % visible GPUs, and "
+                      "cuda:N is refused when a rank sees more than one GPU")
     threads: int = opt(0, "CPU threads of the model's forward/backward (0 = torch's default); "
                        "on a small or shared CPU, fewer threads than cores leave room for the "
                        "loader workers and avoid threads spinning while they wait", min=0,
                        max=256)
-    amp: str = opt("bf16", "mixed precision on CUDA (CPU always runs float32)",
-                   choices=("bf16", "fp16", "none"))
+    amp: str = opt("auto", "mixed precision on CUDA (CPU always runs float32): auto = bf16 "
+                   "on GPUs with bf16 tensor cores (compute capability >= 8.0: A100, H100, "
+                   "RTX 30xx+), fp16 with loss scaling on older ones (V100, T4), which "
+                   "emulate bf16 far slower than fp16; bf16/fp16 force one, none = float32",
+                   choices=("auto", "bf16", "fp16", "none"))
     channels_last: bool = opt(True, "channels-last memory format on CUDA")
-    deterministic: bool = opt(False, "deterministic kernels (slower on CUDA)")
+    deterministic: bool = opt(False, "deterministic kernels (slower on CUDA): sets "
+                              "CUBLAS_WORKSPACE_CONFIG when unset, turns cuDNN autotuning "
+                              "off; train.log names the ops that have no deterministic kernel")
     log_every: int = opt(50, "steps between rows of metrics.csv", min=1)
     ckpt_every: int = opt(1000, "steps between `last` checkpoints (also written at the end)",
                           min=1)
@@ -211,7 +237,7 @@ FLAG_KEYS = {
 """Short CLI flag names -> config keys (a flag may also be given by its dotted key)."""
 
 RESUME_MUTABLE = frozenset({"train.steps", "train.device", "train.threads", "data.num_workers",
-                            "eval.num_workers", "eval.batch_size"})
+                            "data.labelled_workers", "eval.num_workers", "eval.batch_size"})
 """Keys a resumed run may change; anything else would make the resumed run a different run."""
 
 

@@ -50,7 +50,7 @@ DEFAULT_FPS = 30.0
 """Aff-Wild2 videos are mostly 30 fps; only smoothing windows given in seconds depend on it."""
 
 
-def model_probabilities(device: str = "auto", batch_size: int = 256,
+def model_probabilities(device: str = "auto", batch_size: int | None = None,
                         progress: bool = False) -> ProbabilityProvider:
     """The default provider: the run's model over the face store (cached by abaw_kit.infer)."""
 
@@ -171,7 +171,8 @@ def _auto_spec(work: Workspace, run_dir: Path, provider: ProbabilityProvider,
 def evaluate_split(work: Workspace, split: str = "val", run: str | None = None,
                    smooth: str | SmoothSpec = "auto", predictions_file: str | Path | None = None,
                    write_predictions: str | Path | None = None, force: bool = False,
-                   device: str = "auto", batch_size: int = 256, progress: bool = False,
+                   device: str = "auto", batch_size: int | None = None,
+                   progress: bool = False,
                    fps: float = DEFAULT_FPS,
                    probabilities: ProbabilityProvider | None = None) -> dict[str, Any]:
     """Score a split: an ABAW-format file (``predictions_file``, no model) or a run's model.
@@ -331,7 +332,8 @@ def _output_path(work: Workspace, out: str | Path | None, force: bool) -> Path:
 
 def make_submission(work: Workspace, run: str | None = None, out: str | Path | None = None,
                     smooth: str | SmoothSpec | None = None, force: bool = False,
-                    device: str = "auto", batch_size: int = 256, progress: bool = False,
+                    device: str = "auto", batch_size: int | None = None,
+                    progress: bool = False,
                     fps: float = DEFAULT_FPS,
                     probabilities: ProbabilityProvider | None = None) -> dict[str, Any]:
     """Predict the test set, fill, smooth, align to the example, write and check the file.

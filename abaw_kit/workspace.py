@@ -129,7 +129,9 @@ def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]
 
     A crash (or an exception) leaves ``target`` untouched and removes the temporary file. The
     file gets the permissions of a plain ``open`` (0666 less the umask), not mkstemp's 0600,
-    so a workspace shared between users or nodes stays readable as the umask intends.
+    so a workspace shared between users or nodes stays readable as the umask intends. The
+    file is fsynced before the rename (and the folder after it, on POSIX): otherwise a node
+    crash can leave the final name pointing at an empty file, e.g. a checkpoint.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -140,7 +142,9 @@ def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]
     os.chmod(tmp, 0o666 & ~_current_umask())
     try:
         yield tmp
+        _fsync_file(tmp)
         os.replace(tmp, target)
+        _fsync_folder(target.parent)
     except Exception as exc:
         if not isinstance(exc, OSError | AbawError) and _disk_full(target.parent):
             # torch.save and safetensors report a full disk as their own error types
@@ -149,6 +153,33 @@ def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _fsync_file(path: Path) -> None:
+    """Flush a written file's data to the disk (a read-only descriptor suffices on POSIX)."""
+    fd = os.open(path, os.O_RDONLY if os.name == "posix" else os.O_RDWR)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable; POSIX only, and skipped where the file system
+    cannot fsync a folder (some network and FUSE mounts refuse it)."""
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EACCES):
+            raise
+    finally:
+        os.close(fd)
 
 
 def _disk_full(folder: Path) -> bool:

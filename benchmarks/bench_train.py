@@ -32,7 +32,7 @@ from PIL import Image
 from abaw_kit.config import resolve_config
 from abaw_kit.data.store import FaceStore, FaceStoreWriter
 from abaw_kit.infer import load_run_model, predict_faces, split_probabilities
-from abaw_kit.train.data import build_training_data, training_loaders
+from abaw_kit.train.data import build_training_data, labelled_workers, training_loaders
 from abaw_kit.train.distributed import init_distributed
 from abaw_kit.train.loop import optimizer_step, train_step
 from abaw_kit.train.run import TrainingRun, batch_stream, train
@@ -106,7 +106,8 @@ def bench_training(work: Workspace, args: argparse.Namespace) -> float:
     real_rate, bound_rate = per_step / np.median(real), per_step / np.median(bound)
     print(f"training  {cfg.model.backbone} {cfg.data.input_size}px batch "
           f"{cfg.data.batch_size}+{2 * cfg.ssl.uratio * cfg.data.batch_size} unlabelled views, "
-          f"{cfg.data.num_workers} worker(s)/stream, {torch.get_num_threads()} torch threads, "
+          f"workers {labelled_workers(cfg.data, args.ssl != 'none')} labelled + "
+          f"{cfg.data.num_workers} unlabelled, {torch.get_num_threads()} torch threads, "
           f"{len(real)} steps each")
     print(f"  real loop  {real_rate:8.1f} images/s (median step {np.median(real):.3f} s)")
     print(f"  bound      {bound_rate:8.1f} images/s (median step {np.median(bound):.3f} s)")
@@ -153,7 +154,8 @@ def main() -> None:
     parser.add_argument("--input-size", type=int, default=112)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--uratio", type=int, default=2)
-    parser.add_argument("--workers", type=int, default=1, help="loader workers per stream")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="unlabelled-stream loader workers (the labelled stream: auto)")
     parser.add_argument("--ssl", default="dtm")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per round")
     parser.add_argument("--warmup", type=int, default=3)

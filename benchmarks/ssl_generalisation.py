@@ -40,6 +40,9 @@ from abaw_kit.train.run import train
 from abaw_kit.workspace import Workspace
 
 METHODS = ("none", "fixmatch", "flexmatch", "freematch", "dtm")
+ORACLE = "oracle"
+"""Not a method: the true classes of the demo's unlabelled faces instead of pseudo-labels
+(``ssl.oracle``), the most the unlabelled data can give this model; ``--methods ... oracle``."""
 
 
 def main() -> None:
@@ -52,7 +55,8 @@ def main() -> None:
                         help="labelled fraction of the 'few' setting")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=None, help="default: the demo config's")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS),
+                        choices=(*METHODS, ORACLE))
     parser.add_argument("--pretrained", default=None, help="initial weights file for every run")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="extra config overrides, key=value (every run)")
@@ -121,7 +125,10 @@ def run_setting(work: Workspace, scorer: SplitScorer, setting: str,
                 overrides.append(f"train.steps={args.steps}")
             if args.pretrained:
                 overrides.append(f"model.pretrained={args.pretrained}")
-            cfg = resolve_train_config(work, "demo", overrides, {"ssl": method})
+            if method == ORACLE:
+                overrides.append("ssl.oracle=true")
+            cfg = resolve_train_config(work, "demo", overrides,
+                                       {"ssl": "dtm" if method == ORACLE else method})
             start = time.perf_counter()
             summary = train(work, cfg, run_name=f"{setting}-{method}-s{seed}-{stamp}",
                             progress=False)

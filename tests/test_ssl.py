@@ -341,3 +341,27 @@ def test_freematch_fairness_loss_matches_definition() -> None:
     nothing = freematch_fairness_loss(t_logits, torch.zeros(10), torch.from_numpy(p_model),
                                       torch.from_numpy(label_hist))
     assert nothing.item() == 0.0 and nothing.requires_grad
+
+
+def test_class_counts_match_bincount() -> None:
+    from abaw_kit.ssl import class_counts
+
+    labels = torch.tensor([3, 0, 3, 7, 1, 3, 0])
+    weights = torch.tensor([1.0, 0.0, 1.0, 0.5, 1.0, 1.0, 2.0])
+    assert torch.equal(class_counts(labels, 8), torch.bincount(labels, minlength=8))
+    assert torch.equal(class_counts(labels, 8, weights),
+                       torch.bincount(labels, weights=weights, minlength=8).float())
+    assert torch.equal(class_counts(labels[:0], 8), torch.zeros(8, dtype=torch.long))
+
+
+@pytest.mark.parametrize("warmup", [True, False])
+def test_flexmatch_with_mostly_repeated_indices_matches_reference(warmup: bool) -> None:
+    # six samples, 24 rows a batch: every batch repeats indices, confident or not
+    rng = np.random.default_rng(9)
+    batches = []
+    for _ in range(30):
+        logits = rng.normal(size=(24, 5)) * rng.uniform(0.5, 6.0)
+        batches.append((_softmax(logits).astype(np.float32), rng.integers(0, 6, size=24)))
+    th = make_threshold("flexmatch", 5, num_unlabeled=6, p_cutoff=0.7, thresh_warmup=warmup)
+    assert _run(th, batches) == _reference_flexmatch(batches, 5, 6, 0.7, warmup)
+    assert torch.equal(th._counts, torch.bincount(th.selected_label + 1, minlength=6))

@@ -88,3 +88,59 @@ def test_class_balance_gives_every_accepted_class_the_same_total_weight() -> Non
     assert torch.equal(class_balance_weights(pseudo, mask, 8, power=0.0), mask)
     nothing = torch.zeros(8)
     assert torch.equal(class_balance_weights(pseudo, nothing, 8, power=1.0), nothing)
+
+
+def _lever_state(overrides: list[str], method: str = "dtm",
+                 hidden: torch.Tensor | None = None) -> tuple[object, Batch]:
+    cfg = resolve_config(None, overrides, {"ssl": method})
+    dist = DistContext(rank=0, world_size=1, device=torch.device("cpu"))
+    threshold = make_threshold(method, 8, **cfg.ssl.params)
+    state = build_state(cfg, RowCounter(), Normalizer([0.5] * 3, [0.2] * 3, 8, dist.device),
+                        dist, threshold, None, hidden)
+    generator = torch.Generator().manual_seed(0)
+
+    def images(n: int) -> torch.Tensor:
+        return torch.randint(0, 255, (n, 8, 8, 3), generator=generator, dtype=torch.uint8)
+
+    return state, Batch(images(4), torch.arange(4), images(8), images(8), torch.arange(8))
+
+
+def test_logit_adjustment_with_a_uniform_share_changes_nothing() -> None:
+    # DTM's pseudo-label share starts at the uniform prior (momentum 1 keeps it there):
+    # log(1/8) shifts every logit alike, and cross-entropy ignores a common shift
+    frozen = ["ssl.params.warmup_steps=0", "ssl.params.min_threshold=0",
+              "ssl.params.max_threshold=0.01"]
+    plain_state, batch = _lever_state(frozen)
+    adjusted_state, _ = _lever_state([*frozen, "ssl.unsup_logit_adjust=1"])
+    plain_state.threshold.momentum = adjusted_state.threshold.momentum = 1.0
+    adjusted_state.model.load_state_dict(plain_state.model.state_dict())
+    plain = train_step(plain_state, batch, 0)["logs"]["unsup_loss"]
+    adjusted = train_step(adjusted_state, batch, 0)["logs"]["unsup_loss"]
+    assert adjusted.item() == pytest.approx(plain.item(), rel=1e-5)
+    skewed = torch.tensor([0.86, 0.02, 0.02, 0.02, 0.02, 0.02, 0.02, 0.02])
+    plain_state.threshold.pseudo_hist = adjusted_state.threshold.pseudo_hist = skewed
+    plain = train_step(plain_state, batch, 1)["logs"]["unsup_loss"]
+    adjusted = train_step(adjusted_state, batch, 1)["logs"]["unsup_loss"]
+    assert adjusted.item() != pytest.approx(plain.item(), rel=1e-3)  # the loop applies it
+
+
+def test_logit_adjustment_charges_less_for_labels_of_the_frequent_class() -> None:
+    from abaw_kit.train.loop import accepted_class_share, consistency_loss
+
+    state, _ = _lever_state([])
+    state.threshold.pseudo_hist = torch.tensor([0.9, 0.0, 0.02, 0.02, 0.02, 0.02, 0.01, 0.01])
+    share = accepted_class_share(state, torch.zeros(1, dtype=torch.long), torch.ones(1))
+    assert share.min() > 0 and share.sum() == pytest.approx(1.0)  # floored, no -inf offset
+    logits = torch.zeros(2, 8)
+    labels = torch.tensor([0, 2])  # the frequent class, a rare one
+    per_frequent = consistency_loss(logits[:1] + share.log(), labels[:1], torch.ones(1))
+    per_rare = consistency_loss(logits[1:] + share.log(), labels[1:], torch.ones(1))
+    assert per_frequent < per_rare  # the prior explains the frequent label: less gradient
+
+
+def test_the_oracle_trains_on_the_known_classes_and_needs_them() -> None:
+    hidden = torch.tensor([3, 3, 1, -1, 0, 7, 2, 5])
+    state, batch = _lever_state(["ssl.oracle=true"], hidden=hidden)
+    logs = train_step(state, batch, 0)["logs"]
+    assert logs["pseudo_checked"].item() == 7 and logs["pseudo_correct"].item() == 7
+    assert logs["unsup_loss"].item() > 0  # every known image counts, thresholds or not

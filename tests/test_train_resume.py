@@ -36,7 +36,9 @@ def final_state(work: Workspace, run: str) -> tuple[dict, dict]:
     ("dtm", 0, ()), ("flexmatch", 1, ()),
     # mean teacher, supervised warm-up + ramp and negative learning resume exactly too
     ("dtm", 0, ("ssl.teacher=ema", "ssl.unsup_start=2", "ssl.unsup_ramp=2",
-                "ssl.negative_weight=0.5", "ssl.unsup_balance=1"))])
+                "ssl.negative_weight=0.5", "ssl.unsup_balance=1")),
+    # the weak views forwarded apart without a graph, one labelled worker beside the pool's
+    ("dtm", 2, ("ssl.weak_no_grad=true", "data.labelled_workers=1"))])
 def test_killed_and_resumed_run_matches_the_uninterrupted_run(work: Workspace, ssl: str,
                                                               workers: int,
                                                               extra: tuple[str, ...]) -> None:

@@ -9,7 +9,7 @@ interface is in ``base.py``, the name registry in ``registry.py``.
 from __future__ import annotations
 
 from abaw_kit.ssl import dtm, fixmatch, flexmatch, freematch, none  # noqa: F401  (registers)
-from abaw_kit.ssl.base import Threshold
+from abaw_kit.ssl.base import Threshold, class_counts
 from abaw_kit.ssl.dtm import DynamicThreshold
 from abaw_kit.ssl.fixmatch import FixedThreshold
 from abaw_kit.ssl.flexmatch import FlexMatchThreshold
@@ -38,6 +38,7 @@ __all__ = [
     "Threshold",
     "available_thresholds",
     "class_balance_weights",
+    "class_counts",
     "consistency_loss",
     "freematch_fairness_loss",
     "make_threshold",

@@ -35,6 +35,9 @@ class Threshold(ABC):
     needs_indices: ClassVar[bool] = False
     DEFAULTS: ClassVar[Mapping[str, Any]] = {}
     STATE: ClassVar[tuple[str, ...]] = ()
+    check_finite: bool = True
+    """Refuse NaN/inf probabilities. The trainer turns it off: on a GPU the check would stall
+    the host every step, and the trainer notes non-finite outputs itself on the device."""
 
     def __init__(self, num_classes: int, **params: Any) -> None:
         if not is_count(num_classes) or num_classes < 2:
@@ -101,21 +104,27 @@ class Threshold(ABC):
             raise ValueError(f"threshold '{self.name}': expected probabilities of shape "
                              f"[batch, {self.num_classes}], got {shape}")
         probs = probs.detach().float()  # float16/bfloat16 from autocast: compare in float32
-        if not bool(torch.isfinite(probs).all()):
+        if self.check_finite and not bool(torch.isfinite(probs).all()):
             raise AbawError(f"threshold '{self.name}': the unlabelled batch has NaN/inf "
                             "probabilities (training diverged: lower the learning rate)")
         self._follow(probs.device)
         return probs
 
     def _prepare_indices(self, indices: Tensor | None, probs: Tensor) -> Tensor:
+        """Indices checked where they are (CPU indices: no device sync), then copied to the
+        probabilities' device without blocking."""
         if indices is None:
             raise ValueError(f"threshold '{self.name}' needs the unlabelled sample indices")
-        indices = torch.as_tensor(indices, device=probs.device)
+        indices = torch.as_tensor(indices)
         if indices.shape != (probs.shape[0],) or indices.is_floating_point() or \
                 indices.dtype == torch.bool:
             raise ValueError(f"threshold '{self.name}': expected integer indices of shape "
                              f"[{probs.shape[0]}], got {indices.dtype} {tuple(indices.shape)}")
-        return indices.long()
+        self._check_indices(indices)
+        return indices.to(probs.device, torch.long, non_blocking=True)
+
+    def _check_indices(self, indices: Tensor) -> None:  # noqa: B027 - optional hook
+        """Raise if the (integer, 1-D) indices do not fit the state; nothing to check here."""
 
     def _follow(self, device: torch.device) -> None:
         """Move every state tensor to ``device`` (state follows the probabilities)."""
@@ -156,6 +165,15 @@ def _coerce(method: str, key: str, value: Any, default: Any) -> Any:
             return float(value)
         kind = "a number"
     raise AbawError(f"threshold '{method}': parameter '{key}' must be {kind}, got {value!r}")
+
+
+def class_counts(labels: Tensor, num_classes: int, weights: Tensor | None = None) -> Tensor:
+    """Per-class (weighted) counts as a one-hot sum: unlike ``bincount`` on CUDA, which reads
+    the largest label back to the host, this never waits for the device."""
+    one_hot = labels[:, None] == torch.arange(num_classes, device=labels.device)
+    if weights is None:
+        return one_hot.sum(dim=0)
+    return (one_hot.to(weights.dtype) * weights[:, None]).sum(dim=0)
 
 
 def is_count(value: Any) -> bool:

@@ -63,19 +63,27 @@ class FlexMatchThreshold(Threshold):
         return mask
 
     def _remember(self, indices: Tensor, pred: Tensor, confident: Tensor) -> None:
-        """selected_label[i] = class of the last confident prediction of sample i in the batch."""
-        pos = confident.nonzero().squeeze(1)
-        if pos.numel() == 0:
-            return
-        order = torch.sort(indices[pos], stable=True).indices
-        ids = indices[pos][order]
-        last = torch.ones_like(ids, dtype=torch.bool)
+        """selected_label[i] = class of the last confident prediction of sample i in the batch.
+
+        Fixed shapes only (no ``nonzero``, no boolean indexing), so a GPU step never waits for
+        the device here. Sorted by (index, confident), batch order kept among equals, the last
+        row of each index group is its last confident prediction if it has one.
+        """
+        order = torch.sort(indices * 2 + confident.long(), stable=True).indices
+        ids, new, sure = indices[order], pred[order], confident[order]
+        rows = torch.arange(len(ids), device=ids.device)
+        last = torch.ones_like(sure)
         last[:-1] = ids[1:] != ids[:-1]
-        ids, new = ids[last], pred[pos][order][last]
+        update = last & sure  # at most one row per index
+        # Every row of a group writes its group's value, so repeated indices write one value.
+        end = torch.where(last, rows, len(ids)).flip(0).cummin(0).values.flip(0)
+        old = self.selected_label[ids]
+        value = torch.where(update[end], new[end], old)
+        step = update.long()
         counts = self._current_counts()
-        counts.index_add_(0, self.selected_label[ids] + 1, torch.full_like(ids, -1))
-        counts.index_add_(0, new + 1, torch.ones_like(ids))
-        self.selected_label[ids] = new
+        counts.index_add_(0, old + 1, -step)
+        counts.index_add_(0, new + 1, step)
+        self.selected_label[ids] = value
 
     def _refresh_sigma(self) -> None:
         counts = self._current_counts()
@@ -89,14 +97,14 @@ class FlexMatchThreshold(Threshold):
             self._counts = torch.bincount(self.selected_label + 1, minlength=self.num_classes + 1)
         return self._counts
 
-    def _prepare_indices(self, indices: Tensor | None, probs: Tensor) -> Tensor:
-        indices = super()._prepare_indices(indices, probs)
+    def _check_indices(self, indices: Tensor) -> None:
+        """Range check: free for CPU indices (the training loop passes those when it runs on
+        one process); GPU indices (gathered from all ranks) cost one host sync."""
         if indices.numel():
-            low, high = int(indices.min()), int(indices.max())
+            low, high = (int(v) for v in torch.stack(torch.aminmax(indices)).tolist())
             self._require(low >= 0 and high < self.num_unlabeled,
                           f"unlabelled index {low if low < 0 else high} is outside "
                           f"0..{self.num_unlabeled - 1} (num_unlabeled does not match the index)")
-        return indices
 
     def load_state_dict(self, state: Mapping[str, Tensor | float | int]) -> None:
         labels = torch.as_tensor(state.get("selected_label", self.selected_label))

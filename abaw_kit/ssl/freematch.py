@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from abaw_kit.ssl.base import Threshold
+from abaw_kit.ssl.base import Threshold, class_counts
 from abaw_kit.ssl.registry import register_threshold
 
 
@@ -53,6 +53,6 @@ class FreeMatchThreshold(Threshold):
         max_probs, pred = probs.max(dim=1)
         self.time_p = self.time_p * m + (1 - m) * max_probs.mean()
         self.p_model = self.p_model * m + (1 - m) * probs.mean(dim=0)
-        hist = torch.bincount(pred, minlength=self.num_classes).to(self.p_model.dtype)
+        hist = class_counts(pred, self.num_classes).to(self.p_model.dtype)
         self.label_hist = self.label_hist * m + (1 - m) * (hist / hist.sum())
         return max_probs, pred

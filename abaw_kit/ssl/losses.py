@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from abaw_kit.ssl.base import class_counts
+
 
 def class_balance_weights(pseudo_labels: Tensor, mask: Tensor, num_classes: int,
                           power: float) -> Tensor:
@@ -49,19 +51,23 @@ def freematch_fairness_loss(strong_logits: Tensor, mask: Tensor, p_model: Tensor
     histogram get a zero scale, as in USB. Minimising L_f (a sum of a*log b, <= 0) lowers the
     batch's mean probability where the model's own debiased prior is high, i.e. it spreads the
     accepted predictions over more classes. Returns 0 (with a graph) when nothing is accepted.
+
+    The accepted rows are weighted by the mask, not selected: fixed shapes, so a GPU step does
+    not wait for the device to learn how many were accepted.
     """
-    accepted = mask.detach() > 0
-    if not bool(accepted.any()):
-        return strong_logits.sum() * 0.0
-    probs = strong_logits[accepted].float().softmax(dim=-1)
+    accepted = (mask.detach() > 0).float()
+    count = accepted.sum()
+    probs = strong_logits.float().softmax(dim=-1)
     num_classes = probs.shape[1]
-    hist = torch.bincount(probs.argmax(dim=-1), minlength=num_classes).to(probs.dtype)
-    hist = hist / hist.sum()
+    hist = class_counts(probs.argmax(dim=-1), num_classes, accepted)
+    hist = hist / count.clamp(min=1.0)
     target = p_model.detach().float() * _inverse_or_zero(label_hist.detach().float())
     target = target / target.sum()
-    batch_mean = probs.mean(dim=0) * _inverse_or_zero(hist)
-    batch_mean = batch_mean / batch_mean.sum()
-    return (target * torch.log(batch_mean + 1e-12)).sum()
+    batch_mean = (probs * accepted[:, None]).sum(dim=0) / count.clamp(min=1.0)
+    batch_mean = batch_mean * _inverse_or_zero(hist)
+    batch_mean = batch_mean / batch_mean.sum().clamp(min=1e-12)  # finite when none accepted
+    loss = (target * torch.log(batch_mean + 1e-12)).sum()
+    return torch.where(count > 0, loss, strong_logits.sum() * 0.0)
 
 
 def _inverse_or_zero(values: Tensor) -> Tensor:
@@ -79,7 +85,7 @@ def negative_learning_loss(strong_logits: Tensor, weak_probs: Tensor, rejected: 
     loss does not grow with the number of classes picked.
     """
     negatives = (weak_probs.detach() < threshold) & (rejected.detach()[:, None] > 0)
-    if strong_logits.shape[0] == 0 or not bool(negatives.any()):
+    if strong_logits.shape[0] == 0:  # no ``negatives.any()``: it would wait for the device
         return strong_logits.sum() * 0.0
     probs = strong_logits.float().softmax(dim=1)
     per_class = -torch.log((1.0 - probs).clamp(min=1e-6))

@@ -217,7 +217,9 @@ def _load_pair(ckpt_dir: Path, record: dict[str, Any]
 # Random number generator states (plain types and tensors: weights_only-safe)
 
 
-def capture_rng() -> dict[str, Any]:
+def capture_rng(device: torch.device | None = None) -> dict[str, Any]:
+    """Python, NumPy and torch generator states, plus the CUDA one of this process's own
+    ``device``: a rank resumed where fewer GPUs are visible has no other device to restore."""
     version, words, gauss = random.getstate()
     np_state = np.random.get_state(legacy=False)
     state: dict[str, Any] = {
@@ -227,17 +229,38 @@ def capture_rng() -> dict[str, Any]:
         "numpy_gauss": [int(np_state["has_gauss"]), float(np_state["gauss"])],
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def restore_rng(state: dict[str, Any]) -> None:
+def restore_rng(state: dict[str, Any], device: torch.device | None = None,
+                local_rank: int = 0) -> None:
+    """Undo ``capture_rng``; the CUDA state goes to ``device`` only (see ``own_cuda_state``)."""
     version, words, gauss = state["python"]
     random.setstate((version, tuple(words), gauss))
     has_gauss, cached = state["numpy_gauss"]
     np.random.set_state(("MT19937", state["numpy_key"].numpy().astype(np.uint32),
                          state["numpy_pos"], has_gauss, cached))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if device is not None and device.type == "cuda":
+        cuda = own_cuda_state(state.get("cuda"), local_rank, device.index or 0)
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, device)
+
+
+def own_cuda_state(saved: Any, local_rank: int, device_index: int) -> torch.Tensor | None:
+    """This process's CUDA generator state from a checkpoint's ``cuda`` entry.
+
+    Current checkpoints hold one state (the saving process's device). Older ones hold a list
+    of every visible device's state; their process used GPU ``local_rank``, so that entry is
+    taken (else the one of this device, wrapped): restoring them all by index raised
+    IndexError on a resume with fewer visible GPUs.
+    """
+    if isinstance(saved, torch.Tensor):
+        return saved
+    if isinstance(saved, list | tuple) and saved:
+        if local_rank < len(saved):
+            return saved[local_rank]
+        return saved[device_index % len(saved)]
+    return None

@@ -7,7 +7,8 @@ have seen, whatever the number of workers or how far they had prefetched.
 
 Workers send uint8 HWC tensors (a quarter of float32's bytes); the loop converts and normalises
 on the device. The views are cheap PIL ops: a random resized crop + flip (weak), then timm's
-RandAugment on top (strong).
+RandAugment on top (strong). A decoded unlabelled image stays a PIL image from the decoder to
+the output array (no array round trip).
 """
 
 from __future__ import annotations
@@ -122,8 +123,9 @@ class Views:
         self.hflip = cfg.hflip
         self.randaugment = make_randaugment(cfg.randaugment, cfg.input_size)
 
-    def weak(self, face: np.ndarray, rng: np.random.Generator) -> Image.Image:
-        image = Image.fromarray(face)
+    def weak(self, face: np.ndarray | Image.Image, rng: np.random.Generator) -> Image.Image:
+        """``face``: a uint8 HWC array or an RGB PIL image (the same view of the same pixels)."""
+        image = face if isinstance(face, Image.Image) else Image.fromarray(face)
         width, height = image.size
         area = width * height * rng.uniform(*self.scale)
         aspect = math.exp(rng.uniform(*np.log(ASPECT_RANGE)))
@@ -194,15 +196,17 @@ class LabelledBatches(Dataset):
     def __getitem__(self, item: tuple[int, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         k, positions = item
         rng = batch_rng(self.seed, LABELLED_STREAM, self.rank, k)
-        faces = self.store.faces(self.rows[positions])
-        images = stack([self.views.weak(face, rng) for face in faces])
+        # one face at a time from the memory map: no batch array copied in between
+        images = stack([self.views.weak(self.store.face(int(row)), rng)
+                        for row in self.rows[positions]])
         return images, torch.from_numpy(self.labels[positions].astype(np.int64))
 
 
 class ImageSource(Protocol):
     def __len__(self) -> int: ...
 
-    def image(self, i: int) -> np.ndarray: ...
+    def image(self, i: int) -> np.ndarray | Image.Image:
+        """A face: uint8 HWC array, or an RGB PIL image where the source decodes one."""
 
 
 class StoreRows:
@@ -228,7 +232,10 @@ class IndexImages:
     def __len__(self) -> int:
         return len(self.index)
 
-    def image(self, i: int) -> np.ndarray:
+    def image(self, i: int) -> np.ndarray | Image.Image:
+        pil_image = getattr(self.index, "pil_image", None)  # the decoder's own image: no copy
+        if pil_image is not None:
+            return pil_image(int(i), size=self.size)
         return np.asarray(self.index.image(int(i), size=self.size), dtype=np.uint8)
 
     def location(self, i: int) -> str:
@@ -257,7 +264,7 @@ class UnlabelledPool:
         which = self.names.index(name)
         return slice(int(self.ends[which - 1]) if which else 0, int(self.ends[which]))
 
-    def image(self, i: int) -> np.ndarray:
+    def image(self, i: int) -> np.ndarray | Image.Image:
         name, offset = self._find(i)
         return self.sources[name].image(offset)
 
@@ -303,7 +310,7 @@ class UnlabelledBatches(Dataset):
         return (stack(weak), stack(strong), torch.tensor(used, dtype=torch.int64),
                 torch.tensor(broken, dtype=torch.int64))
 
-    def usable_image(self, i: int, broken: list[int]) -> tuple[int, np.ndarray]:
+    def usable_image(self, i: int, broken: list[int]) -> tuple[int, np.ndarray | Image.Image]:
         """Pool image ``i``, or the next one that decodes (its index is returned too).
 
         A broken image is skipped, as a full ``ingest --verify`` would have; the replacement
@@ -509,6 +516,15 @@ def broken_images_note(data: TrainingData, broken: set[int]) -> str:
             "full` drops them for good")
 
 
+def labelled_workers(cfg: DataConfig, with_unlabelled: bool) -> int:
+    """``data.labelled_workers`` with auto (-1) resolved: a labelled batch is B weak views, an
+    unlabelled one B * uratio images decoded, weak and RandAugment views, so beside it one
+    worker keeps up; alone (ssl none) the labelled stream gets ``num_workers``."""
+    if cfg.labelled_workers >= 0:
+        return cfg.labelled_workers
+    return min(1, cfg.num_workers) if with_unlabelled else cfg.num_workers
+
+
 def training_loaders(data: TrainingData, cfg: TrainConfig, *, start: int, rank: int,
                      world_size: int, pin_memory: bool) -> tuple[DataLoader, DataLoader | None]:
     """Loaders that resume at batch ``start`` (= the training step)."""
@@ -516,7 +532,8 @@ def training_loaders(data: TrainingData, cfg: TrainConfig, *, start: int, rank: 
     labelled_sampler = ResumableBatchSampler(
         len(data.labelled), cfg.data.batch_size, seed=seed * 1000 + LABELLED_STREAM,
         weights=data.sample_weights, rank=rank, world_size=world_size, start=start)
-    labelled = make_loader(data.labelled, labelled_sampler, num_workers=cfg.data.num_workers,
+    labelled = make_loader(data.labelled, labelled_sampler,
+                           num_workers=labelled_workers(cfg.data, data.unlabelled is not None),
                            pin_memory=pin_memory)
     if data.unlabelled is None:
         return labelled, None

@@ -12,12 +12,14 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from abaw_kit.errors import AbawError
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> cuda:<local rank> when CUDA is visible, else cpu; explicit names checked."""
+def resolve_device(name: str, local_rank: int = 0, world_size: int = 1) -> torch.device:
+    """``auto`` -> cuda when CUDA is visible, else cpu; ``cuda`` -> this rank's GPU (see
+    ``cuda_index``); explicit names checked."""
     name = (name or "auto").strip().lower()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -28,13 +30,34 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise AbawError(f"--device {name}: no CUDA device is visible; use --device cpu")
-        index = device.index if device.index is not None else local_rank
-        if index >= torch.cuda.device_count():
-            raise AbawError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+        index = cuda_index(device.index, local_rank, torch.cuda.device_count(), world_size)
         device = torch.device("cuda", index)
     elif device.type != "cpu":
         raise AbawError(f"--device '{name}': expected auto, cpu, cuda or cuda:N")
     return device
+
+
+def cuda_index(requested: int | None, local_rank: int, device_count: int,
+               world_size: int = 1) -> int:
+    """The GPU index a process uses: ``local_rank % device_count`` unless one was named.
+
+    The modulo makes both layouts work: all of a node's GPUs visible to every rank (rank k on
+    GPU k), and a scheduler that shows each task only its own GPU (every rank on its cuda:0).
+    Under torchrun a named ``cuda:N`` would put every rank on GPU N, so it is refused unless
+    each rank sees a single GPU (then cuda:0 is that GPU); CUDA_VISIBLE_DEVICES picks GPUs.
+    """
+    if device_count < 1:
+        raise AbawError("--device cuda: no CUDA device is visible; use --device cpu")
+    if requested is None:
+        return local_rank % device_count
+    if requested >= device_count:
+        raise AbawError(f"--device cuda:{requested}: only {device_count} CUDA device(s) are "
+                        "visible")
+    if world_size > 1 and device_count > 1:
+        raise AbawError(f"--device cuda:{requested} under torchrun ({world_size} processes) "
+                        f"would put every rank on GPU {requested}; use --device cuda (rank k "
+                        f"takes GPU k % {device_count}) and CUDA_VISIBLE_DEVICES to pick GPUs")
+    return requested
 
 
 @dataclass
@@ -45,6 +68,7 @@ class DistContext:
     world_size: int
     device: torch.device
     owns_group: bool = False
+    local_rank: int = 0
 
     @property
     def is_main(self) -> bool:
@@ -85,6 +109,14 @@ class DistContext:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def broadcast_module(self, module: nn.Module) -> None:
+        """Overwrite ``module``'s parameters and buffers with rank 0's (in place)."""
+        if not self.enabled:
+            return
+        with torch.no_grad():
+            for tensor in module.state_dict(keep_vars=False).values():
+                dist.broadcast(tensor, src=0)
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
@@ -100,19 +132,20 @@ def init_distributed(device: str = "auto") -> DistContext:
     if dist.is_available() and dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
         local = int(os.environ.get("LOCAL_RANK", rank))
-        return DistContext(rank, world, _rank_device(device, local), owns_group=False)
+        return DistContext(rank, world, _rank_device(device, local, world), owns_group=False,
+                           local_rank=local)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext(0, 1, resolve_device(device))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    chosen = _rank_device(device, local)
+    chosen = _rank_device(device, local, world)
     dist.init_process_group(backend="nccl" if chosen.type == "cuda" else "gloo")
-    return DistContext(dist.get_rank(), dist.get_world_size(), chosen, owns_group=True)
+    return DistContext(dist.get_rank(), dist.get_world_size(), chosen, owns_group=True,
+                       local_rank=local)
 
 
-def _rank_device(device: str, local_rank: int) -> torch.device:
-    chosen = resolve_device(device, local_rank)
+def _rank_device(device: str, local_rank: int, world_size: int) -> torch.device:
+    chosen = resolve_device(device, local_rank, world_size)
     if chosen.type == "cuda":
-        chosen = torch.device("cuda", local_rank if device in ("auto", "cuda") else chosen.index)
         torch.cuda.set_device(chosen)
     return chosen

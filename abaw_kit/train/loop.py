@@ -2,9 +2,10 @@
 applies them. Everything stateful sits in ``TrainState`` so checkpoints can capture it whole.
 
 SSL step (FixMatch family): labelled, weak and strong views go through the network in one
-forward pass (shared BatchNorm statistics); the weak-view probabilities of every rank are
-gathered so the threshold sees the global batch and its state stays identical on all ranks;
-the accepted pseudo-labels supervise the strong views.
+forward pass (shared BatchNorm statistics; ``ssl.weak_no_grad`` forwards the weak views apart,
+without a graph); the weak-view probabilities of every rank are gathered so the threshold sees
+the global batch and its state stays identical on all ranks; the accepted pseudo-labels
+supervise the strong views.
 """
 
 from __future__ import annotations
@@ -30,13 +31,21 @@ from abaw_kit.ssl import (
     negative_learning_loss,
 )
 from abaw_kit.train.distributed import DistContext
+from abaw_kit.train.gpu import device_amp_dtype
 from abaw_kit.train.model import Normalizer
 
 EMA_WARMUP_POWER = 0.75  # timm's suggestion for runs of < ~100k steps
 
 
+NO_BAD_STEP = 2**62  # ``TrainState.first_bad_step`` while every step has been finite
+
+
 class NonFiniteLoss(RuntimeError):
-    """The forward pass produced NaN/inf: training diverged at this step."""
+    """The forward pass produced NaN/inf: training diverged at ``step`` (counted from 1)."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"the network output is NaN/inf at step {step}")
+        self.step = step
 
 
 @dataclass
@@ -68,6 +77,7 @@ class TrainState:
     class_weights: Tensor | None = None
     amp_dtype: torch.dtype | None = None
     hidden_labels: Tensor | None = None  # few-label protocol only: see TrainingData
+    first_bad_step: Tensor | None = None  # on the device: see note_finite
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.amp_dtype is None:
@@ -84,9 +94,7 @@ def build_state(cfg: TrainConfig, model: nn.Module, normalize: Normalizer, dist:
                 hidden_labels: Tensor | None = None) -> TrainState:
     """Optimiser, warm-up + cosine schedule, EMA, AMP and DDP around ``model`` (on its device)."""
     device = dist.device
-    amp_dtype = None
-    if device.type == "cuda" and cfg.train.amp != "none":
-        amp_dtype = torch.bfloat16 if cfg.train.amp == "bf16" else torch.float16
+    amp_dtype = device_amp_dtype(cfg.train.amp, device)
     if device.type == "cuda" and cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optim = cfg.optim
@@ -105,6 +113,8 @@ def build_state(cfg: TrainConfig, model: nn.Module, normalize: Normalizer, dist:
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     weights = class_weights.to(device) if class_weights is not None else None
     hidden = hidden_labels.to(device) if hidden_labels is not None else None
+    if threshold is not None:
+        threshold.check_finite = False  # no host sync per step: train_step notes NaN/inf
     return TrainState(cfg, wrapped, model, ema, optimizer, scheduler, scaler, threshold,
                       normalize, dist, weights, amp_dtype, hidden)
 
@@ -123,33 +133,76 @@ def train_step(state: TrainState, batch: Batch, step: int = 0) -> dict[str, Any]
     """Forward pass and losses of one step: ``{"loss": Tensor, "logs": {name: Tensor}}``.
 
     With ``ssl.teacher: ema`` the weak views go through the EMA weights without a graph, and
-    the student forwards only the labelled and strong views.
+    the student forwards only the labelled and strong views; with ``ssl.weak_no_grad`` the
+    student forwards the weak views apart, without a graph. NaN/inf outputs are only noted
+    here (``note_finite``): no host sync in a step.
     """
     labels = batch.labels.to(state.dist.device, non_blocking=True)
     weight = unsup_weight(state.cfg, step) if batch.weak is not None else 0.0
     use_unlabelled = batch.weak is not None and weight > 0
     from_teacher = use_unlabelled and state.cfg.ssl.teacher == "ema"
+    weak_apart = use_unlabelled and not from_teacher and state.cfg.ssl.weak_no_grad
     parts = [batch.images]
     if use_unlabelled:
-        parts += [batch.strong] if from_teacher else [batch.weak, batch.strong]
+        parts += [batch.strong] if from_teacher or weak_apart else [batch.weak, batch.strong]
+    weak_logits = student_weak_logits(state, batch.weak) if weak_apart else None
     with state.autocast():
         logits = state.model(torch.cat([state.normalize(p) for p in parts])).float()
-    if not state.dist.all_true(torch.isfinite(logits.detach()).all()):
-        raise NonFiniteLoss("the network output is NaN/inf")
     n = len(labels)
     sup = F.cross_entropy(logits[:n], labels, weight=state.class_weights,
                           label_smoothing=state.cfg.optim.label_smoothing)
     logs: dict[str, Tensor] = {"sup_loss": sup.detach(), "loss": sup.detach()}
     if not use_unlabelled:
+        note_finite(state, step, logits, sup)
         return {"loss": sup, "logs": logs}
     if from_teacher:
         weak_logits, strong_logits = teacher_logits(state, batch.weak), logits[n:]
+    elif weak_logits is not None:
+        strong_logits = logits[n:]
     else:
         weak_logits, strong_logits = logits[n:].chunk(2)
     unsup, unsup_logs = unlabelled_loss(state, weak_logits, strong_logits, batch.indices,
                                         weight)
     loss = sup + unsup
+    note_finite(state, step, logits, weak_logits, loss)
     return {"loss": loss, "logs": {**logs, **unsup_logs, "loss": loss.detach()}}
+
+
+def note_finite(state: TrainState, step: int, *outputs: Tensor) -> None:
+    """Remember on the device the first step whose outputs hold NaN/inf. Checking on the host
+    would stall every step; ``raise_if_diverged`` reads it back when the run flushes."""
+    finite = torch.stack([torch.isfinite(t.detach()).all() for t in outputs]).all()
+    first = state.first_bad_step
+    if first is None:
+        first = torch.full((), NO_BAD_STEP, dtype=torch.long, device=finite.device)
+    state.first_bad_step = torch.where(finite, first, first.clamp(max=step + 1))
+
+
+def raise_if_diverged(state: TrainState) -> None:
+    """NonFiniteLoss naming the first step with NaN/inf outputs on any rank, if there was one.
+
+    One host sync and a tiny all-gather: the run calls it before it logs, validates or saves,
+    so a diverged step is never logged as a number, validated or checkpointed.
+    """
+    first = state.first_bad_step
+    if first is None:
+        first = torch.full((), NO_BAD_STEP, dtype=torch.long, device=state.dist.device)
+    step = int(state.dist.all_gather_cat(first.reshape(1)).min())
+    if step < NO_BAD_STEP:
+        raise NonFiniteLoss(step)
+
+
+@torch.no_grad()
+def student_weak_logits(state: TrainState, weak: Tensor) -> Tensor:
+    """``ssl.weak_no_grad``: the student's logits on the weak views from a forward of their
+    own without a graph, so backward covers only the labelled and strong rows.
+
+    Still train mode: BatchNorm normalises the weak views with their own batch statistics
+    (not the joint batch's) and updates its running statistics with them as a second update
+    per step. The unwrapped model: DDP has no gradients to reduce here.
+    """
+    with state.autocast():
+        return state.raw(state.normalize(weak)).float()
 
 
 @torch.no_grad()
@@ -164,6 +217,20 @@ def teacher_logits(state: TrainState, weak: Tensor) -> Tensor:
     return logits
 
 
+def accepted_class_share(state: TrainState, pseudo: Tensor, mask: Tensor) -> Tensor:
+    """The share of each class among accepted pseudo-labels, floored at 1e-3 so no logit
+    offset is infinite: the threshold's running estimate where it keeps one (DTM's
+    ``pseudo_hist``), else this (global) batch's counts with one pseudo-count per class."""
+    running = getattr(state.threshold, "pseudo_hist", None)
+    if running is not None:
+        share = running.float()
+    else:
+        share = torch.zeros(NUM_CLASSES, device=mask.device).index_add_(0, pseudo, mask.float())
+        share = share + 1.0
+    share = share.clamp(min=1e-3)
+    return share / share.sum()
+
+
 def unlabelled_loss(state: TrainState, weak_logits: Tensor, strong_logits: Tensor,
                     indices: Tensor | None, weight: float) -> tuple[Tensor, dict[str, Tensor]]:
     """Consistency on accepted pseudo-labels (+ FreeMatch fairness, + negative learning on
@@ -173,17 +240,26 @@ def unlabelled_loss(state: TrainState, weak_logits: Tensor, strong_logits: Tenso
     mask, global_probs, global_mask = shared_mask(state, probs, indices)
     pseudo = probs.argmax(dim=1)
     ssl = state.cfg.ssl
+    if ssl.oracle:  # the upper bound: true classes where known, everything known accepted
+        assert state.hidden_labels is not None and indices is not None
+        truth = state.hidden_labels[indices.to(state.hidden_labels.device)]
+        pseudo, mask = truth.clamp(min=0), (truth >= 0).to(mask.dtype)
     weights = mask
     if ssl.unsup_balance > 0:  # counted over all ranks' accepted labels, applied to our rows
         all_weights = class_balance_weights(global_probs.argmax(dim=1), global_mask,
                                             NUM_CLASSES, ssl.unsup_balance)
         n, rank = probs.shape[0], state.dist.rank
         weights = all_weights[rank * n:(rank + 1) * n]
-    consistency = consistency_loss(strong_logits, pseudo, weights)
+    adjusted = strong_logits
+    if ssl.unsup_logit_adjust > 0:
+        share = accepted_class_share(state, global_probs.argmax(dim=1), global_mask)
+        adjusted = strong_logits.float() + ssl.unsup_logit_adjust * share.log()
+    consistency = consistency_loss(adjusted, pseudo, weights)
     loss = weight * consistency
     logs = {"unsup_loss": consistency.detach(), "mask_ratio": global_mask.mean(),
-            "pseudo_hist": torch.bincount(global_probs.argmax(dim=1), weights=global_mask,
-                                          minlength=NUM_CLASSES)}
+            # index_add_, not a weighted bincount: it has a deterministic CUDA kernel
+            "pseudo_hist": torch.zeros(NUM_CLASSES, device=global_mask.device).index_add_(
+                0, global_probs.argmax(dim=1), global_mask.float())}
     if ssl.negative_weight > 0:
         negative = negative_learning_loss(strong_logits, probs, 1.0 - mask,
                                           ssl.negative_threshold)
@@ -195,7 +271,7 @@ def unlabelled_loss(state: TrainState, weak_logits: Tensor, strong_logits: Tenso
         loss = loss + ssl.fairness_weight * fairness
         logs["fair_loss"] = fairness.detach()
     if state.hidden_labels is not None and indices is not None:
-        truth = state.hidden_labels[indices.to(state.hidden_labels.device)]
+        truth = state.hidden_labels[indices.to(state.hidden_labels.device, non_blocking=True)]
         checked = mask * (truth >= 0)
         logs["pseudo_checked"] = checked.sum()
         logs["pseudo_correct"] = (checked * (pseudo == truth)).sum()
@@ -210,7 +286,10 @@ def shared_mask(state: TrainState, probs: Tensor,
     all_probs = dist.all_gather_cat(probs)
     all_indices = None
     if threshold.needs_indices and indices is not None:
-        all_indices = dist.all_gather_cat(indices.to(dist.device))
+        # one process: the loader's CPU indices as they are (checked there, copied without
+        # blocking); DDP gathers them on the device
+        all_indices = (dist.all_gather_cat(indices.to(dist.device, non_blocking=True))
+                       if dist.enabled else indices)
     all_mask = threshold.mask(all_probs, all_indices)
     n = probs.shape[0]
     return all_mask[dist.rank * n:(dist.rank + 1) * n], all_probs, all_mask

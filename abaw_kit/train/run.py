@@ -8,6 +8,7 @@ trains; only rank 0 writes.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -40,8 +41,16 @@ from abaw_kit.train.data import (
     training_loaders,
 )
 from abaw_kit.train.distributed import DistContext, init_distributed
+from abaw_kit.train.gpu import determinism, device_capability, precision_note
 from abaw_kit.train.logbook import THRESHOLD_COLUMNS, Meter, MetricsLog
-from abaw_kit.train.loop import Batch, NonFiniteLoss, build_state, optimizer_step, train_step
+from abaw_kit.train.loop import (
+    Batch,
+    NonFiniteLoss,
+    build_state,
+    optimizer_step,
+    raise_if_diverged,
+    train_step,
+)
 from abaw_kit.train.model import Normalizer, check_backbone, create_model, model_data_config
 from abaw_kit.workspace import Workspace
 
@@ -160,7 +169,9 @@ class TrainingRun:
 
     def build(self, data: TrainingData) -> None:
         cfg, dist = self.cfg, self.dist
-        _seed_everything(cfg.train.seed, cfg.train.deterministic, dist.device)
+        notice = _seed_everything(cfg.train.seed, cfg.train.deterministic, dist.device)
+        if notice:
+            self.log(notice)
         self.data = data
         threshold = (make_threshold(cfg.ssl.method, NUM_CLASSES,
                                     num_unlabeled=data.num_unlabelled, **cfg.ssl.params)
@@ -177,6 +188,10 @@ class TrainingRun:
                    if cfg.data.balance == "weights" else None)
         hidden = (torch.from_numpy(data.hidden_labels) if data.hidden_labels is not None
                   else None)
+        if cfg.ssl.oracle and (hidden is None or cfg.ssl.method == "none"):
+            raise AbawError("ssl.oracle needs an SSL method and unlabelled images whose true "
+                            "class is known (the demo's, or few-label leftovers); this run has "
+                            "none")
         self.state = build_state(cfg, model, normalize, dist, threshold, weights, hidden)
         torch.manual_seed(cfg.train.seed * 1000 + 17 + dist.rank)  # dropout differs per rank
         self.val_store, self.val_rows = self._validation_set()
@@ -201,8 +216,10 @@ class TrainingRun:
                  f"{self.dist.world_size} | ssl {cfg.ssl.method} | labelled frames "
                  f"{len(data.labelled)} | unlabelled {data.num_unlabelled} {data.unlabelled_counts}"
                  f" | val frames {len(self.val_rows)}")
-        if self.dist.device.type == "cpu" and cfg.train.amp != "none":
-            self.log("CPU: mixed precision and channels-last are CUDA-only; running float32")
+        note = precision_note(cfg.train.amp, self.dist.device.type,
+                              device_capability(self.dist.device))
+        if note:
+            self.log(note)
 
     # -- resume -----------------------------------------------------------------------------
 
@@ -265,7 +282,7 @@ class TrainingRun:
         batches = batch_stream(*(iter(loader) if loader is not None else None
                                  for loader in loaders))
         if self._rng_to_restore is not None:  # last: starting a loader draws from the torch RNG
-            ckpt.restore_rng(self._rng_to_restore)
+            ckpt.restore_rng(self._rng_to_restore, self.dist.device, self.dist.local_rank)
         end = self.cfg.train.steps if stop_after is None else min(stop_after, self.cfg.train.steps)
         try:
             self._loop(batches, start, end)
@@ -286,11 +303,8 @@ class TrainingRun:
                 if batch.broken is not None:
                     self.broken_images.update(batch.broken.tolist())
                 self.stepped = True
-                try:
-                    out = train_step(self.state, batch, step)
-                    optimizer_step(self.state, out["loss"], step)
-                except NonFiniteLoss:
-                    self._stop_diverged(step + 1)
+                out = train_step(self.state, batch, step)  # NaN/inf: noted, checked below
+                optimizer_step(self.state, out["loss"], step)
                 meter.add(out["logs"])
                 done = step + 1
                 self.images_seen += images_per_step
@@ -302,13 +316,23 @@ class TrainingRun:
     def _after_step(self, done: int, meter: Meter, images_per_step: int) -> None:
         cfg = self.cfg
         last = done == cfg.train.steps
-        val_f1 = None
-        if self.val_store is not None and (last or (cfg.eval.every and done % cfg.eval.every == 0)):
-            val_f1 = self.validate(done)
-        if last or done % cfg.train.log_every == 0 or val_f1 is not None:
+        validate = self.val_store is not None and (
+            last or bool(cfg.eval.every and done % cfg.eval.every == 0))
+        write = last or validate or done % cfg.train.log_every == 0
+        save = last or done % cfg.train.ckpt_every == 0
+        if write or save:  # the one host sync of an interval: a diverged step goes no further
+            self._check_finite()
+        val_f1 = self.validate(done) if validate else None
+        if write:
             self._write_row(done, meter, val_f1)
-        if last or done % cfg.train.ckpt_every == 0:
+        if save:
             self.save(done)
+
+    def _check_finite(self) -> None:
+        try:
+            raise_if_diverged(self.state)
+        except NonFiniteLoss as exc:
+            self._stop_diverged(exc.step)
 
     def _write_row(self, step: int, meter: Meter, val_f1: float | None) -> None:
         row: dict[str, Any] = {"step": step, **meter.flush(), "lr": self.state.lr,
@@ -339,15 +363,22 @@ class TrainingRun:
     # -- validation and checkpoints ---------------------------------------------------------
 
     def validate(self, step: int) -> float:
-        """Macro-F1 of the EMA weights on raw val frames; every rank predicts one shard."""
+        """Macro-F1 of the EMA weights on raw val frames; every rank predicts one shard.
+
+        Under DDP each rank's EMA averages its own model's BatchNorm statistics (every rank
+        updates them from its own batches), so the EMAs drift apart while only rank 0's is
+        saved: rank 0's EMA is copied to every rank first, so the shards score what is saved,
+        and rank 0's F1 decides the best checkpoint everywhere.
+        """
         assert self.val_store is not None
+        self.dist.broadcast_module(self.state.ema.module)
         shard = np.array_split(self.val_rows, self.dist.world_size)[self.dist.rank]
         probs = predict_rows(self.state.ema.module, self.state.normalize, self.val_store, shard,
                              batch_size=self.cfg.eval.batch_size,
                              num_workers=self.cfg.eval.num_workers,
                              amp_dtype=self.state.amp_dtype)
         probs = np.concatenate(self.dist.gather_objects(probs))
-        f1 = macro_f1_of(self.val_store, self.val_rows, probs)
+        f1 = self.dist.broadcast_object(macro_f1_of(self.val_store, self.val_rows, probs))
         self.last_f1 = f1
         if self.best_f1 is None or f1 > self.best_f1:
             self.best_f1, self.best_step = f1, step
@@ -360,7 +391,8 @@ class TrainingRun:
         finite = torch.stack([p.detach().isfinite().all() for p in state.raw.parameters()]).all()
         if not self.dist.all_true(finite):
             self._stop_diverged(step)
-        rng = self.dist.gather_objects(ckpt.capture_rng())
+        self.dist.broadcast_module(state.ema.module)  # all ranks go on from what is saved
+        rng = self.dist.gather_objects(ckpt.capture_rng(self.dist.device))
         if self.dist.is_main:
             ckpt.save_checkpoint(self.ckpt_dir, step, self._weights(), {
                 "optimizer": state.optimizer.state_dict(),
@@ -454,12 +486,19 @@ def batch_stream(labelled_iter: Iterator[Any], unlabelled_iter: Iterator[Any] | 
             yield Batch(images, labels, weak, strong, indices, broken)
 
 
-def _seed_everything(seed: int, deterministic: bool, device: torch.device) -> None:
-    """Same initial weights on every rank; cuDNN autotuning unless determinism is asked for."""
+def _seed_everything(seed: int, deterministic: bool, device: torch.device) -> str | None:
+    """Same initial weights on every rank; cuDNN autotuning unless determinism is asked for.
+
+    Returns the one-line notice of what ``train.deterministic`` cannot make deterministic.
+    """
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    env, notice = determinism(deterministic, device.type, os.environ)
+    os.environ.update(env)  # before the first cuBLAS call: the model has not run yet
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cudnn.deterministic = deterministic
+    return notice

@@ -66,10 +66,15 @@ def to_rgb_array(data: bytes, size: int | None = None) -> np.ndarray:
     Draft mode lets libjpeg decode at 1/2, 1/4 or 1/8 scale, which is several times faster than
     decoding a large photo and shrinking it afterwards.
     """
+    return np.array(to_rgb_image(data, size), dtype=np.uint8)
+
+
+def to_rgb_image(data: bytes, size: int | None = None) -> Image.Image:
+    """``to_rgb_array`` as a PIL image (for PIL work that follows: no array round trip)."""
     with Image.open(io.BytesIO(data)) as image:
         if size is not None and image.format == "JPEG" and min(image.size) >= 2 * size:
             image.draft("RGB", (size, size))
         rgb = image.convert("RGB")
         if size is not None and rgb.size != (size, size):
             rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-        return np.array(rgb, dtype=np.uint8)
+        return rgb

@@ -3,10 +3,17 @@
 The index is columns of numbers (offsets, lengths) plus one Arrow string column, so a copy per
 worker stays small; file descriptors are opened lazily in each process (a forked worker never
 shares its parent's file position, and positioned reads need none anyway).
+
+Path safety (no path from the index escapes its source's root, symlinks included) is checked
+once per process where a path is first met, not on every read: a container (.rec, .tar,
+.parquet) when it is opened, a folder of an image folder when one of its files is first read
+(its files are then opened without following a final symlink; a linked file is resolved and
+checked itself). Resolving two paths on every read cost about as much as the read.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import struct
@@ -21,13 +28,16 @@ from PIL import Image, UnidentifiedImageError
 
 from abaw_kit.errors import AbawError
 from abaw_kit.unlabeled import recordio as rio
-from abaw_kit.unlabeled.images import to_rgb_array
+from abaw_kit.unlabeled.images import to_rgb_image
 from abaw_kit.unlabeled.parts import FINGERPRINT_KEY
 from abaw_kit.unlabeled.source_parquet import column_values
 from abaw_kit.workspace import safe_join
 
 _COLUMNS = ["source", "kind", "file", "offset", "length", "row_group", "row", "chunked"]
 _ROW_GROUP_CACHE = 4
+_FOLDER_CACHE = 1 << 17  # checked folders remembered per process (an image folder may hold
+# one folder per identity)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 class BrokenImage(AbawError):
@@ -76,13 +86,15 @@ class UnlabeledIndex:
     # -- per-process state ---------------------------------------------------------------
     def _reset_handles(self) -> None:
         self._pid = os.getpid()
-        self._fds: dict[Path, int] = {}
-        self._groups: OrderedDict[tuple[Path, int], pa.Array] = OrderedDict()
+        self._fds: dict[tuple[int, str], int] = {}  # by (source id, file)
+        self._groups: OrderedDict[tuple[int, str, int], pa.Array] = OrderedDict()
+        self._paths: dict[tuple[int, str], Path] = {}  # checked container paths
+        self._folders: dict[tuple[int, str], str] = {}  # checked folders of image files
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.pop("_fds")
-        state.pop("_groups")
+        for key in ("_fds", "_groups", "_paths", "_folders"):
+            state.pop(key)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -127,9 +139,9 @@ class UnlabeledIndex:
         rel = self._file_name(i)
         try:
             if kind == "aligned":
-                return safe_join(self._aligned_root, rel).read_bytes()
+                return self._file_bytes(-1, self._aligned_root, rel)
             if kind == "folder":
-                return safe_join(Path(source["root"]), rel).read_bytes()
+                return self._file_bytes(int(source["id"]), source["root"], rel)
             if kind == "parquet":
                 return self._parquet_value(source, rel, i)
             fd = self._container(source, rel)
@@ -146,9 +158,14 @@ class UnlabeledIndex:
 
     def image(self, i: int, size: int = 112) -> np.ndarray:
         """Image ``i`` as uint8 RGB [size, size, 3] (JPEG draft mode when much larger)."""
+        return np.array(self.pil_image(i, size), dtype=np.uint8)
+
+    def pil_image(self, i: int, size: int = 112) -> Image.Image:
+        """Image ``i`` as a size x size RGB PIL image: what the training views work on, so the
+        decoded image is not converted to an array and back."""
         data = self.read_bytes(i)
         try:
-            return to_rgb_array(data, size)
+            return to_rgb_image(data, size)
         except (OSError, SyntaxError, ValueError, EOFError, struct.error,
                 UnidentifiedImageError, Image.DecompressionBombError) as exc:
             raise BrokenImage(f"unlabelled image {i} ({self.location(i)}) does not decode "
@@ -164,10 +181,37 @@ class UnlabeledIndex:
             raise IndexError(f"unlabelled image {i} out of range (index holds {len(self)})")
         return i % len(self)
 
+    def _file_bytes(self, sid: int, root: str | Path, rel: str) -> bytes:
+        """An image file's bytes; its folder is checked once, the file not followed if a link."""
+        parent, _, name = rel.rpartition("/")
+        if not _NOFOLLOW or name in ("", ".", ".."):
+            return safe_join(Path(root), rel).read_bytes()
+        folder = self._folders.get((sid, parent))
+        if folder is None:
+            if len(self._folders) >= _FOLDER_CACHE:
+                self._folders.clear()
+            folder = self._folders[(sid, parent)] = str(safe_join(Path(root), parent or "."))
+        try:
+            fd = os.open(f"{folder}/{name}", os.O_RDONLY | _NOFOLLOW)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.EMLINK):
+                raise
+            return safe_join(Path(root), rel).read_bytes()  # a link: resolved and checked
+        with os.fdopen(fd, "rb") as handle:
+            return handle.read()
+
+    def _checked_path(self, source: dict[str, Any], rel: str) -> Path:
+        key = (int(source["id"]), rel)
+        path = self._paths.get(key)
+        if path is None:
+            path = self._paths[key] = safe_join(Path(source["root"]), rel)
+        return path
+
     def _container(self, source: dict[str, Any], rel: str) -> int:
-        path = safe_join(Path(source["root"]), rel)
-        fd = self._fds.get(path)
+        key = (int(source["id"]), rel)
+        fd = self._fds.get(key)
         if fd is None:
+            path = self._checked_path(source, rel)
             fd = os.open(path, os.O_RDONLY)
             expected = source.get("files", {}).get(rel)
             size = os.fstat(fd).st_size
@@ -175,17 +219,17 @@ class UnlabeledIndex:
                 os.close(fd)
                 raise AbawError(f"{path} changed since `abaw ingest` ({size} bytes, was "
                                 f"{expected}); rerun `abaw ingest`")
-            self._fds[path] = fd
+            self._fds[key] = fd
         return fd
 
     def _parquet_value(self, source: dict[str, Any], rel: str, i: int) -> bytes:
-        path = safe_join(Path(source["root"]), rel)
         assert self._row_group is not None and self._row is not None
-        key = (path, int(self._row_group[i]))
+        key = (int(source["id"]), rel, int(self._row_group[i]))
         values = self._groups.get(key)
         if values is None:
             column = source["column"]
-            table = pq.ParquetFile(path).read_row_group(key[1], columns=[column])
+            path = self._checked_path(source, rel)
+            table = pq.ParquetFile(path).read_row_group(key[2], columns=[column])
             values = self._groups[key] = column_values(table, column)
             while len(self._groups) > _ROW_GROUP_CACHE:
                 self._groups.popitem(last=False)
