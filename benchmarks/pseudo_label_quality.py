@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from abaw_kit.classes import CLASS_NAMES
 from abaw_kit.data import demo
 from abaw_kit.data.store import FaceStore
 from abaw_kit.infer import load_run_model, predict_faces, predict_rows
@@ -58,7 +59,9 @@ def main() -> None:
                              num_workers=0)
         results["withheld"] = quality(probs, labels[~keep])
     faces, truth = demo_unlabelled_faces(data_root)
-    results["unlabelled"] = quality(predict_faces(loaded, faces), truth)
+    unlabelled_probs = predict_faces(loaded, faces)
+    results["unlabelled"] = quality(unlabelled_probs, truth)
+    results["unlabelled_per_class"] = per_class(unlabelled_probs, truth)
     val = FaceStore(work.store_dir("val"))
     val_rows = val.rows(labelled=True, with_face=True)
     probs = predict_rows(loaded.model, loaded.normalize, val, val_rows, batch_size=256,
@@ -69,10 +72,38 @@ def main() -> None:
     print(f"{'set':<11} {'images':>7} {'acc':>6}" + "".join(
         f"  {'share@' + str(c):>10} {'acc@' + str(c):>8}" for c in CUTOFFS))
     for name, row in results.items():
+        if name.endswith("per_class"):
+            continue
         print(f"{name:<11} {row['images']:>7} {row['accuracy']:6.3f}" + "".join(
             f"  {row[f'share@{c}']:10.3f} {row[f'acc@{c}']:8.3f}" for c in CUTOFFS))
+    print(f"\nunlabelled photos per class (argmax; recall also at confidence >= {CUTOFFS[-1]})")
+    print(f"{'class':<10} {'share':>6} {'predicted':>9} {'precision':>9} {'recall':>7} "
+          f"{'recall@' + str(CUTOFFS[-1]):>12}")
+    for name, row in results["unlabelled_per_class"].items():
+        print(f"{name:<10} {row['share']:6.3f} {row['predicted']:9.3f} {row['precision']:9.2f} "
+              f"{row['recall']:7.2f} {row['recall_confident']:12.2f}")
     if args.out:
         args.out.write_text(json.dumps({"run": args.run, **results}, indent=2))
+
+
+def per_class(probs: np.ndarray, truth: np.ndarray) -> dict[str, dict[str, float]]:
+    """Per class: share of the images, share predicted, precision and recall of the argmax, and
+    recall among predictions confident enough for a pseudo-label threshold to keep them.
+
+    Why: a threshold can only choose among the teacher's predictions; a class the teacher
+    rarely predicts right on these images cannot gain pseudo-labels at any threshold.
+    """
+    confident = probs.max(axis=1) >= CUTOFFS[-1]
+    predicted = probs.argmax(axis=1)
+    out = {}
+    for index, name in enumerate(CLASS_NAMES):
+        is_class, called = truth == index, predicted == index
+        hits = is_class & called
+        out[name] = {"share": float(is_class.mean()), "predicted": float(called.mean()),
+                     "precision": float(hits.sum() / max(called.sum(), 1)),
+                     "recall": float(hits.sum() / max(is_class.sum(), 1)),
+                     "recall_confident": float((hits & confident).sum() / max(is_class.sum(), 1))}
+    return out
 
 
 def quality(probs: np.ndarray, truth: np.ndarray) -> dict[str, float]:

@@ -256,7 +256,8 @@ def unlabelled_loss(state: TrainState, weak_logits: Tensor, strong_logits: Tenso
         adjusted = strong_logits.float() + ssl.unsup_logit_adjust * share.log()
     consistency = consistency_loss(adjusted, pseudo, weights)
     loss = weight * consistency
-    logs = {"unsup_loss": consistency.detach(), "mask_ratio": global_mask.mean(),
+    accepted = mask if ssl.oracle else global_mask  # the oracle accepts what it knows
+    logs = {"unsup_loss": consistency.detach(), "mask_ratio": accepted.mean(),
             # index_add_, not a weighted bincount: it has a deterministic CUDA kernel
             "pseudo_hist": torch.zeros(NUM_CLASSES, device=global_mask.device).index_add_(
                 0, global_probs.argmax(dim=1), global_mask.float())}
