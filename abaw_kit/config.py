@@ -283,7 +283,7 @@ def resolve_train_config(work: Workspace, config: str | Path | None, overrides: 
         base = load_config(Path(resume_from) / "config.yaml")
         return resolve_config(config, overrides, flags, base=base)
     if config is None:
-        config = "demo" if _workspace_is_demo(work) else str(
+        config = "demo" if work.is_demo() else str(
             flags.get("ssl") or flags.get("ssl.method") or SslConfig.method)
         if not (CONFIG_DIR / f"{config}.yaml").is_file():
             config = None  # an unknown --ssl name is reported by validation below
@@ -641,10 +641,3 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
-
-
-def _workspace_is_demo(work: Workspace) -> bool:
-    try:
-        return bool(json.loads(work.source_file.read_text()).get("is_demo"))
-    except (OSError, ValueError, AttributeError):
-        return False

@@ -84,32 +84,12 @@ def _filled(probs: np.ndarray, videos: pd.Series) -> tuple[np.ndarray, dict[str,
 # ----------------------------------------------------------------------------- output paths
 
 
-def _source_record(work: Workspace) -> dict[str, Any]:
-    """The workspace's source.json as `prepare` wrote it; empty before `prepare`."""
-    source = work.source_file
-    if not source.is_file():
-        return {}
-    try:
-        record = json.loads(source.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AbawError(f"{source}: not valid JSON ({exc}); rerun `abaw prepare`") from exc
-    if not isinstance(record, dict):
-        raise AbawError(f"{source}: expected a JSON object; rerun `abaw prepare`")
-    return record
-
-
-def data_root(work: Workspace) -> Path | None:
-    """The release folder `prepare` read (recorded in source.json), or None before `prepare`."""
-    recorded = _source_record(work).get("data_root")
-    return Path(recorded).expanduser().resolve() if recorded else None
-
-
 def output_file(work: Workspace, path: str | Path, *, force: bool, option: str) -> Path:
     """``path`` if it may be written: never inside the data root, even with ``force``, and an
     existing file only with ``force``, so one mistyped path cannot replace a release annotation
     or an earlier result. ``option`` names the flag the user gave the path with."""
     path = Path(path).expanduser()
-    root = data_root(work)
+    root = work.data_root()
     target = path.resolve()
     if root is not None and (target == root or root in target.parents):
         raise AbawError(f"{path} is inside the data root {root} (the release `abaw prepare` "
@@ -296,7 +276,7 @@ def load_example(work: Workspace) -> tuple[pd.DataFrame, str]:
     from abaw_kit.data.release import read_example_file
 
     source = work.source_file
-    recorded = _source_record(work).get("example_file")
+    recorded = work.read_source().get("example_file")
     if recorded and Path(recorded).is_file():
         return read_example_file(recorded), str(recorded)
     test_dir = work.store_dir("test")
@@ -375,13 +355,12 @@ def make_submission(work: Workspace, run: str | None = None, out: str | Path | N
 
 def _demo_test_f1(work: Workspace, example: pd.DataFrame, labels: np.ndarray) -> float | None:
     """On the built-in demo only, whose test labels are known: the submission's macro-F1."""
-    try:
-        source = json.loads(work.source_file.read_text())
-    except (OSError, ValueError):
+    if not work.is_demo():  # lenient: a damaged record just means no demo score
         return None
-    truth_file = Path(source.get("data_root", "")) / "demo_test_labels.txt"
-    if not source.get("is_demo") or not truth_file.is_file():
+    root = work.data_root()
+    if root is None or not (root / "demo_test_labels.txt").is_file():
         return None
+    truth_file = root / "demo_test_labels.txt"
     truth = sub.read_predictions(truth_file).rename(columns={"label": "truth"})
     merged = example[["video", "frame"]].assign(pred=labels).merge(
         truth, on=["video", "frame"], how="inner")

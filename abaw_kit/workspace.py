@@ -93,6 +93,32 @@ class Workspace:
         """Records which data root `prepare` used, so later commands find the same release."""
         return self.root / "source.json"
 
+    def read_source(self) -> dict[str, Any]:
+        """``source.json`` as `prepare` wrote it (data_root, is_demo, source, example_file);
+        empty before `prepare`; a damaged file is a clear error."""
+        path = self.source_file
+        if not path.is_file():
+            return {}
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise AbawError(f"{path}: not valid JSON ({exc}); rerun `abaw prepare`") from exc
+        if not isinstance(record, dict):
+            raise AbawError(f"{path}: expected a JSON object; rerun `abaw prepare`")
+        return record
+
+    def data_root(self) -> Path | None:
+        """The release folder `prepare` read, or None before `prepare`."""
+        recorded = self.read_source().get("data_root")
+        return Path(recorded).expanduser().resolve() if recorded else None
+
+    def is_demo(self) -> bool:
+        """Whether `prepare` used the built-in demo (False when unknown or unreadable)."""
+        try:
+            return bool(self.read_source().get("is_demo"))
+        except AbawError:
+            return False
+
     def run_path(self, name: str) -> Path:
         """Where run ``name`` lives (it may not exist yet); the name is checked first."""
         return safe_join(self.runs_dir, check_run_name(name))

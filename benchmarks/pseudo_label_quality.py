@@ -48,7 +48,7 @@ def main() -> None:
 
     work = Workspace(args.work)
     loaded = load_run_model(work.run_dir(args.run), device="cpu", which="last")
-    data_root = Path(json.loads(work.source_file.read_text())["data_root"])
+    data_root = work.data_root()
     results = {}
     train = FaceStore(work.store_dir("train"))
     rows = train.rows(labelled=True, with_face=True)

@@ -85,7 +85,7 @@ def ensure_demo_workspace(work: Workspace) -> Path:
     """Prepare the demo (train, val, test) and ingest its unlabelled faces once."""
     if not (work.store_dir("test") / "index.parquet").is_file():
         prepare(work, PrepareOptions(splits=("train", "val", "test")))
-    root = Path(json.loads(work.source_file.read_text())["data_root"])
+    root = work.data_root()
     ingest_demo_unlabeled(work, root)
     return root
 

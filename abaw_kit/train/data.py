@@ -14,12 +14,10 @@ the output array (no array round trip).
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -390,13 +388,13 @@ def known_unlabelled_classes(work: Workspace) -> np.ndarray | None:
     from abaw_kit.data.demo import UNLABELED_LABELS_FILE
 
     try:
-        source = json.loads(work.source_file.read_text())
-        truth_file = Path(source["data_root"]) / UNLABELED_LABELS_FILE
-        if not source.get("is_demo") or not truth_file.is_file():
+        root = work.data_root() if work.is_demo() else None
+        if root is None or not (root / UNLABELED_LABELS_FILE).is_file():
             return None
+        truth_file = root / UNLABELED_LABELS_FILE
         truth = pd.read_csv(truth_file, usecols=["label", "hash"], dtype={"hash": str})
         hashes = pq.read_table(work.unlabeled_dir / "index.parquet", columns=["hash"])
-    except (OSError, ValueError, KeyError, pa.ArrowException):
+    except (AbawError, OSError, ValueError, KeyError, pa.ArrowException):
         return None  # an older demo or no readable record: the diagnostic is simply absent
     by_hash = dict(zip(truth["hash"], truth["label"].astype(np.int64), strict=True))
     return np.array([by_hash.get(h, -1) for h in hashes.column("hash").to_pylist()], np.int64)

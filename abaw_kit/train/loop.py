@@ -240,9 +240,11 @@ def unlabelled_loss(state: TrainState, weak_logits: Tensor, strong_logits: Tenso
     mask, global_probs, global_mask = shared_mask(state, probs, indices)
     pseudo = probs.argmax(dim=1)
     ssl = state.cfg.ssl
+    truth = None  # the true classes where known (diagnostics, and the oracle)
+    if state.hidden_labels is not None and indices is not None:
+        truth = state.hidden_labels[indices.to(state.hidden_labels.device, non_blocking=True)]
     if ssl.oracle:  # the upper bound: true classes where known, everything known accepted
-        assert state.hidden_labels is not None and indices is not None
-        truth = state.hidden_labels[indices.to(state.hidden_labels.device)]
+        assert truth is not None
         pseudo, mask = truth.clamp(min=0), (truth >= 0).to(mask.dtype)
     weights = mask
     if ssl.unsup_balance > 0:  # counted over all ranks' accepted labels, applied to our rows
@@ -271,8 +273,7 @@ def unlabelled_loss(state: TrainState, weak_logits: Tensor, strong_logits: Tenso
                                            state.threshold.label_hist)
         loss = loss + ssl.fairness_weight * fairness
         logs["fair_loss"] = fairness.detach()
-    if state.hidden_labels is not None and indices is not None:
-        truth = state.hidden_labels[indices.to(state.hidden_labels.device, non_blocking=True)]
+    if truth is not None:
         checked = mask * (truth >= 0)
         logs["pseudo_checked"] = checked.sum()
         logs["pseudo_correct"] = (checked * (pseudo == truth)).sum()
