@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from abaw_kit.errors import AbawError, environment_error_message
+from abaw_kit.faces.detector import DEFAULT_DETECTOR
 from abaw_kit.workspace import Workspace
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -31,6 +32,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON 
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
 RunOpt = Annotated[str | None, typer.Option("--run", help="Run name (default: the latest run).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")]
+DetectSizeOpt = Annotated[int | None, typer.Option(
+    min=32, help="Long side frames are resized to for detection, e.g. 640 or 320 (boxes are "
+                 "scaled back; default: the detector's, 640 for RetinaFace).")]
 
 
 def user_errors(func: F) -> F:
@@ -87,11 +91,14 @@ def prepare(
         help="crops | video | auto (crops when present).")] = "auto",
     split: Annotated[list[str] | None, typer.Option(
         "--split", help="Split(s) to prepare (default: train, val, test).")] = None,
-    detector: Annotated[str, typer.Option(help="Face detector for --source video.")] = "retinaface",
+    detector: Annotated[str, typer.Option(
+        help="Face detector for --source video: retinaface-mobilenet | retinaface | "
+             "cascade.")] = DEFAULT_DETECTOR,
     detector_weights: Annotated[Path | None, typer.Option(
         help="Local RetinaFace weights (offline route).")] = None,
     detect_every: Annotated[int, typer.Option(min=1, help="Detect every K frames, "
                                               "interpolate boxes between.")] = 1,
+    detect_size: DetectSizeOpt = None,
     device: DeviceOpt = "cpu",
     work: WorkOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False,
 ) -> None:
@@ -103,7 +110,7 @@ def prepare(
     options = PrepareOptions(data_root=data_root, source=source,
                              splits=tuple(split) if split else SPLITS, detector=detector,
                              detector_weights=detector_weights, detect_every=detect_every,
-                             device=device)
+                             detect_size=detect_size, device=device)
     ws = Workspace.resolve(work)
     result = run_prepare(ws, options, progress=not as_json, log=console.print)
     if result["is_demo"]:
@@ -160,7 +167,8 @@ def ingest(
     verify: Annotated[str, typer.Option(help="full | sample | none | auto.")] = "auto",
     align: Annotated[bool, typer.Option(help="Detect and align faces that are not "
                                              "112x112 crops.")] = False,
-    detector: Annotated[str, typer.Option(help="Face detector for --align.")] = "retinaface",
+    detector: Annotated[str, typer.Option(
+        help="Face detector for --align.")] = DEFAULT_DETECTOR,
     detector_weights: Annotated[Path | None, typer.Option(help="Local detector weights.")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Keep at most N images.")] = None,
     fraction: Annotated[float | None, typer.Option(min=0.0, max=1.0,
@@ -327,9 +335,11 @@ def predict(
              "error.")] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Overwrite CSVs and PNGs an earlier predict wrote.")] = False,
-    detector: Annotated[str, typer.Option(help="Face detector.")] = "retinaface",
+    detector: Annotated[str, typer.Option(help="Face detector.")] = DEFAULT_DETECTOR,
     detector_weights: Annotated[Path | None, typer.Option(help="Local detector weights.")] = None,
-    detect_every: Annotated[int, typer.Option(min=1)] = 1,
+    detect_every: Annotated[int, typer.Option(min=1, help="Detect every K frames, "
+                                              "interpolate boxes between.")] = 1,
+    detect_size: DetectSizeOpt = None,
     device: DeviceOpt = "auto",
     work: WorkOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False,
 ) -> None:
@@ -339,7 +349,8 @@ def predict(
     ws = Workspace.resolve(work)
     result = predict_videos(ws, videos, run=run, out_dir=out_dir, smooth=smooth,
                             detector=detector, detector_weights=detector_weights,
-                            detect_every=detect_every, device=device, force=force,
+                            detect_every=detect_every, detect_size=detect_size,
+                            device=device, force=force,
                             progress=not as_json)
     table = Table(title="predictions")
     for column in ("video", "frames", "frames with face", "csv", "timeline"):

@@ -15,6 +15,7 @@ import pandas as pd
 from abaw_kit.classes import CLASS_NAMES, NUM_CLASSES
 from abaw_kit.errors import AbawError
 from abaw_kit.evaluate import output_file, recorded_smoothing
+from abaw_kit.faces.detector import DEFAULT_DETECTOR
 from abaw_kit.plots.eval import plot_timeline
 from abaw_kit.progress import progress_bar
 from abaw_kit.smoothing import fill_missing, fit_to, parse_spec
@@ -79,8 +80,9 @@ def _numbered(names: list[str]) -> list[str]:
 
 def predict_videos(work: Workspace, videos: list[Path], *, run: str | None = None,
                    out_dir: Path | None = None, smooth: str | None = None,
-                   detector: str = "retinaface", detector_weights: Path | None = None,
-                   detect_every: int = 1, device: str = "auto", force: bool = False,
+                   detector: str = DEFAULT_DETECTOR, detector_weights: Path | None = None,
+                   detect_every: int = 1, detect_size: int | None = None,
+                   device: str = "auto", force: bool = False,
                    progress: bool = False) -> dict[str, Any]:
     """Per video: ``<out_dir>/<name>.csv`` (frame, time, has_face, label, 8 probabilities) + PNG.
 
@@ -108,7 +110,8 @@ def predict_videos(work: Workspace, videos: list[Path], *, run: str | None = Non
         raise AbawError("--smooth auto needs labels; run `abaw evaluate --split val --smooth auto` "
                         "first (predict then reuses its choice) or give a filter such as mean:15")
     loaded = load_run_model(run_dir, device=device)
-    face_detector = make_detector(detector, weights=detector_weights, device=loaded.device.type)
+    face_detector = make_detector(detector, weights=detector_weights, device=loaded.device.type,
+                                  max_size=detect_size)
     results = []
     with progress_bar(progress, "predict", len(videos), unit="videos") as advance:
         for video, (csv_path, png_path) in zip(videos, outputs, strict=True):
@@ -125,7 +128,8 @@ def predict_videos(work: Workspace, videos: list[Path], *, run: str | None = Non
             used = spec if smooth else fit_to(spec, len(probs), fps)  # the run's choice, any clip
             final = apply_smoothing(fill_missing(probs, groups), groups, used, fps=fps)
             _write_csv(csv_path, final, subject.has_face, fps)
-            plot_timeline(final, png_path, fps=fps, title=f"{video.name} ({used})")
+            plot_timeline(final, png_path, fps=fps, title=f"{video.name} (smoothing {used})",
+                          has_face=subject.has_face)
             results.append({"video": str(video), "frames": len(probs),
                             "frames_with_face": int(subject.has_face.sum()),
                             "csv": str(csv_path.resolve()), "timeline": str(png_path.resolve())})

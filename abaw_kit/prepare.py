@@ -30,6 +30,7 @@ from abaw_kit.data.release import (
 )
 from abaw_kit.data.store import FACE_SIZE, FaceStoreWriter, shard_names
 from abaw_kit.errors import AbawError
+from abaw_kit.faces.detector import DEFAULT_DETECTOR
 from abaw_kit.progress import progress_bar
 from abaw_kit.workspace import SPLITS, Workspace, atomic_write_json, check_split
 
@@ -43,9 +44,10 @@ class PrepareOptions:
     data_root: Path | None = None
     source: str = "auto"
     splits: tuple[str, ...] = SPLITS
-    detector: str = "retinaface"
+    detector: str = DEFAULT_DETECTOR
     detector_weights: Path | None = None
     detect_every: int = 1
+    detect_size: int | None = None  # long side frames are resized to for detection
     device: str = "cpu"
     workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
 
@@ -235,7 +237,7 @@ def _made_with(source: str, options: PrepareOptions) -> dict[str, Any]:
         return {"source": source}
     weights = str(options.detector_weights) if options.detector_weights else None
     return {"source": source, "detector": options.detector, "detector_weights": weights,
-            "detect_every": int(options.detect_every)}
+            "detect_every": int(options.detect_every), "detect_size": options.detect_size}
 
 
 def _group_by_file(videos: Iterable[AnnotatedVideo]) -> list[list[AnnotatedVideo]]:
@@ -255,7 +257,7 @@ class VideoExtractor:
         self.release = release
         self.options = options
         self.detector = make_detector(options.detector, weights=options.detector_weights,
-                                      device=options.device)
+                                      device=options.device, max_size=options.detect_size)
 
     def extract(self, group: list[AnnotatedVideo], plans: dict[str, tuple[np.ndarray, np.ndarray]],
                 report: SplitReport) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -7,7 +7,12 @@ import pytest
 from scipy import ndimage
 from skimage.transform import SimilarityTransform, warp
 
-from abaw_kit.faces.align import ARCFACE_TEMPLATE_112, align_face, template
+from abaw_kit.faces.align import (
+    ARCFACE_TEMPLATE_112,
+    align_face,
+    estimate_similarity,
+    template,
+)
 
 DOT_COLOURS = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [0, 255, 255]])
 
@@ -63,3 +68,19 @@ def test_degenerate_landmarks_raise() -> None:
         align_face(canonical_face(), np.zeros((5, 2)))
     with pytest.raises(ValueError, match="finite"):
         align_face(canonical_face(), np.full((5, 2), np.nan))
+
+
+def test_warping_only_the_covered_region_gives_the_whole_frame_result() -> None:
+    """Faces in the middle, cut by the frame's edges, tiny, huge, rotated, or off the frame."""
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (90, 160, 3), dtype=np.uint8)
+    for _ in range(60):
+        centre, side, angle = rng.uniform(-30, 190, 2), rng.uniform(3, 150), rng.uniform(-1, 1)
+        rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+        points = (ARCFACE_TEMPLATE_112 - 56) / 112 * side @ rotation.T + centre
+        output_to_input = estimate_similarity(template(112), points)
+        whole = warp(image, output_to_input, output_shape=(112, 112), order=1, mode="constant",
+                     cval=0, preserve_range=True)
+        expected = np.clip(np.rint(whole), 0, 255).astype(np.uint8)
+        difference = np.abs(align_face(image, points).astype(int) - expected)
+        assert difference.max() <= 1 and (difference > 0).mean() < 1e-3  # float rounding only

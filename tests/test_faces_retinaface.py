@@ -1,6 +1,8 @@
 """RetinaFace: the released weights' key layout, weight files of every kind, priors, decoding.
 
 No real weights can be downloaded in tests: the network gets random weights, saved and reloaded.
+Both variants (ResNet-50, MobileNet-0.25) share these checks; the real MobileNet weights on real
+faces are in test_faces_real.py.
 """
 
 from __future__ import annotations
@@ -16,8 +18,14 @@ import torch
 from safetensors.torch import save_file
 
 from abaw_kit.errors import AbawError
-from abaw_kit.faces import Detections, make_detector
-from abaw_kit.faces.retinaface import WEIGHTS_URL, RetinaFaceDetector, load_retinaface_weights
+from abaw_kit.faces import DEFAULT_DETECTOR, Detections, make_detector
+from abaw_kit.faces.retinaface import (
+    MOBILENET,
+    WEIGHTS_URL,
+    RetinaFaceDetector,
+    hub_cache_path,
+    load_retinaface_weights,
+)
 from abaw_kit.faces.retinaface_net import (
     RetinaFaceNet,
     decode_boxes,
@@ -45,6 +53,21 @@ SHAPES = {
 }
 KEYS_WITH_BN_COUNTERS = 456  # ResNet-50 without fc (318) + FPN (30) + 3 SSH (3x30) + heads (18)
 KEYS_WITHOUT_BN_COUNTERS = 383
+# biubug6's mobilenet0.25_Final.pth holds exactly these 300 tensors (BatchNorm counters included)
+MOBILENET_KEYS = 300
+MOBILENET_SHAPES = {
+    "body.stage1.0.0.weight": (8, 3, 3, 3),
+    "body.stage1.1.0.weight": (8, 1, 3, 3),  # depthwise
+    "body.stage1.1.3.weight": (16, 8, 1, 1),  # pointwise
+    "body.stage2.5.3.weight": (128, 128, 1, 1),
+    "body.stage3.1.4.running_var": (256,),
+    "fpn.output1.0.weight": (64, 64, 1, 1),
+    "fpn.output3.0.weight": (64, 256, 1, 1),
+    "ssh1.conv3X3.0.weight": (32, 64, 3, 3),
+    "ssh3.conv7x7_3.0.weight": (16, 16, 3, 3),
+    "ClassHead.0.conv1x1.weight": (4, 64, 1, 1),
+    "LandmarkHead.2.conv1x1.weight": (20, 64, 1, 1),
+}
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +79,12 @@ def state() -> dict[str, torch.Tensor]:
             if name.endswith("running_var"):
                 buffer.uniform_(0.5, 2.0)
     return net.state_dict()
+
+
+@pytest.fixture(scope="module")
+def mobilenet_state() -> dict[str, torch.Tensor]:
+    torch.manual_seed(1)
+    return RetinaFaceNet("mobilenet0.25").state_dict()
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +107,122 @@ def test_key_layout_matches_the_release(state: dict[str, torch.Tensor]) -> None:
     assert sum(not k.endswith("num_batches_tracked") for k in state) == KEYS_WITHOUT_BN_COUNTERS
     for key, shape in SHAPES.items():
         assert tuple(state[key].shape) == shape, key
+
+
+def test_mobilenet_key_layout_matches_the_release(
+        mobilenet_state: dict[str, torch.Tensor]) -> None:
+    assert len(mobilenet_state) == MOBILENET_KEYS
+    assert not any(key.startswith(("body.fc", "body.avg")) for key in mobilenet_state)
+    for key, shape in MOBILENET_SHAPES.items():
+        assert tuple(mobilenet_state[key].shape) == shape, key
+
+
+def test_the_default_detector_is_the_mobilenet() -> None:
+    assert DEFAULT_DETECTOR == "retinaface-mobilenet"
+
+
+def test_mobilenet_loads_and_detects(tmp_path: Path,
+                                     mobilenet_state: dict[str, torch.Tensor]) -> None:
+    path = tmp_path / "mobilenet0.25_Final.pth"
+    torch.save(mobilenet_state, path)
+    detector = make_detector("retinaface-mobilenet", weights=path, max_size=96,
+                             score_threshold=0.0, max_faces=3)
+    assert detector.name == "retinaface-mobilenet"
+    torch.testing.assert_close(detector.net.state_dict()["ssh2.conv5X5_1.1.running_mean"],
+                               mobilenet_state["ssh2.conv5X5_1.1.running_mean"])
+    found = detector.detect(np.zeros((2, 64, 80, 3), np.uint8))
+    assert [len(f) for f in found] == [3, 3]
+
+
+def test_weights_of_the_other_variant_name_the_detector_they_fit(
+        tmp_path: Path, state: dict[str, torch.Tensor],
+        mobilenet_state: dict[str, torch.Tensor]) -> None:
+    resnet_path, mobilenet_path = tmp_path / "resnet.pth", tmp_path / "mobilenet.pth"
+    torch.save(state, resnet_path)
+    torch.save(mobilenet_state, mobilenet_path)
+    with pytest.raises(AbawError) as info:
+        make_detector("retinaface-mobilenet", weights=resnet_path)
+    assert str(info.value) == (f"{resnet_path} holds RetinaFace-ResNet50 weights, not "
+                               "RetinaFace-MobileNet0.25: use --detector retinaface")
+    with pytest.raises(AbawError, match=r"holds RetinaFace-MobileNet0\.25 weights, not "
+                                        r"RetinaFace-ResNet50: use --detector "
+                                        r"retinaface-mobilenet$"):
+        make_detector("retinaface", weights=mobilenet_path)
+    partial = {k: v for k, v in mobilenet_state.items() if not k.startswith("ssh3.")}
+    partial["head.extra"] = torch.zeros(1)
+    partial_path = tmp_path / "partial.pth"
+    torch.save(partial, partial_path)
+    with pytest.raises(AbawError) as info:
+        make_detector("retinaface-mobilenet", weights=partial_path)
+    message = str(info.value)
+    assert ("does not hold RetinaFace-MobileNet0.25 weights: key 'head.extra' is not part of "
+            "it (25 keys missing, 1 unexpected)") in message
+    assert "supported: RetinaFace-MobileNet0.25 (--detector retinaface-mobilenet), " in message
+    assert "RetinaFace-ResNet50 (--detector retinaface)" in message and "\n" not in message
+
+
+def test_mobilenet_download_is_hash_checked_and_offline_says_how(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[dict[str, object]] = []
+
+    def offline(url: str, **kwargs: object) -> None:
+        calls.append({"url": url, **kwargs})
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(AbawError) as info:
+        make_detector("retinaface-mobilenet")
+    assert calls[0]["url"] == ("https://github.com/biubug6/Face-Detector-1MB-with-landmark/raw/"
+                               "master/weights/mobilenet0.25_Final.pth")
+    # torch.hub checks the sha256 prefix written after the last "-" of the file name
+    assert calls[0]["check_hash"] is True
+    assert calls[0]["file_name"] == "retinaface_mobilenet0.25_biubug6-ed6fa7d4.pth"
+    message = str(info.value)
+    assert message.startswith(f"could not download RetinaFace-MobileNet0.25 weights from "
+                              f"{MOBILENET.url}")
+    assert "--detector-weights PATH" in message and str(hub_cache_path(MOBILENET)) in message
+    assert "\n" not in message
+
+    def corrupted(url: str, **kwargs: object) -> None:
+        raise RuntimeError('invalid hash value (expected "ed6fa7d4", got "0000")')
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", corrupted)
+    with pytest.raises(AbawError, match=r"is not the released RetinaFace-MobileNet0\.25 "
+                                        r"\(sha256 does not start with ed6fa7d4\)"):
+        make_detector("retinaface-mobilenet")
+
+
+def test_mobilenet_priors_use_its_own_anchor_sizes() -> None:
+    net = RetinaFaceNet("mobilenet0.25")
+    pixels = prior_boxes(320, 320, net.min_sizes).numpy() * 320
+    np.testing.assert_allclose(pixels[0], [4, 4, 10, 10], rtol=1e-5)
+    np.testing.assert_allclose(pixels[1], [4, 4, 20, 20], rtol=1e-5)
+    np.testing.assert_allclose(pixels[2 * 40 * 40], [8, 8, 32, 32], rtol=1e-5)
+    np.testing.assert_allclose(pixels[-1], [304, 304, 256, 256], rtol=1e-5)  # 10x10 cells
+
+
+def test_4k_frames_are_resized_in_bounded_chunks(tmp_path: Path,
+                                                 mobilenet_state: dict[str, torch.Tensor]
+                                                 ) -> None:
+    """A 4K batch must not become one float tensor of the full frames (1.6 GB for 16)."""
+    path = tmp_path / "mobilenet.pth"
+    torch.save(mobilenet_state, path)
+    detector = make_detector("retinaface-mobilenet", weights=path, max_size=320)
+    seen: list[tuple[int, ...]] = []
+    original = torch.nn.functional.interpolate
+
+    def spy(tensor: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        seen.append(tuple(tensor.shape))
+        return original(tensor, *args, **kwargs)
+
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr("abaw_kit.faces.retinaface.F.interpolate", spy)
+    try:
+        batch = detector._prepare(np.zeros((6, 2160, 3840, 3), np.uint8))
+    finally:
+        monkeypatch.undo()
+    assert tuple(batch.shape) == (6, 3, 180, 320)
+    assert max(shape[0] for shape in seen) <= 4 and sum(shape[0] for shape in seen) == 6
 
 
 @pytest.mark.parametrize("kind", ["pth", "zip", "safetensors"])
@@ -155,7 +300,7 @@ def test_offline_download_names_url_and_fixes(monkeypatch: pytest.MonkeyPatch) -
     message = str(info.value)
     assert WEIGHTS_URL == ("https://github.com/ternaus/retinaface/releases/download/0.01/"
                            "retinaface_resnet50_2020-07-20-f168fae3c.zip")
-    assert message.startswith(f"could not download RetinaFace weights from {WEIGHTS_URL}")
+    assert message.startswith(f"could not download RetinaFace-ResNet50 weights from {WEIGHTS_URL}")
     assert "--detector-weights PATH" in message and "--detector cascade" in message
     assert "\n" not in message
 

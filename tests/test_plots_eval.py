@@ -5,10 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from abaw_kit.classes import CLASS_NAMES
-from abaw_kit.plots.eval import plot_confusion, plot_f1_vs_window, plot_per_class_f1, plot_timeline
+from abaw_kit.plots.eval import (
+    _runs,
+    plot_confusion,
+    plot_f1_vs_window,
+    plot_per_class_f1,
+    plot_timeline,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -42,3 +49,13 @@ def test_every_plot_writes_a_valid_png(tmp_path: Path) -> None:
     ]
     for path in outputs:
         _assert_png(Path(path))
+
+
+def test_timeline_shades_each_run_without_a_face_once(tmp_path: Path) -> None:
+    has_face = np.array([1, 1, 0, 0, 1, 0, 1, 1, 0], bool)
+    assert _runs(~has_face) == [(2, 4), (5, 6), (8, 9)]
+    probs = np.full((9, len(CLASS_NAMES)), 1 / len(CLASS_NAMES))
+    path = plot_timeline(probs, tmp_path / "t.png", fps=25.0, has_face=has_face)
+    assert Image.open(path).size[0] > 0
+    with pytest.raises(ValueError, match="has_face has 8 frames, probs 9"):
+        plot_timeline(probs, tmp_path / "u.png", has_face=has_face[:8])

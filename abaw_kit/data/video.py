@@ -5,6 +5,10 @@ four times faster on mpeg4/h264 than ``get_batch`` on consecutive indices (measu
 avoids the seek-near-the-end stalls that decord shows on some damaged files. Why never trust
 ``len(reader)``: it counts demuxed packets, and a truncated or damaged file can list frames that
 do not decode; the reader stops at the first frame that fails and says how many it produced.
+
+Where decord stops but the file is fine, PyAV decodes the rest: decord's threaded decoder gives
+up on some HEVC files with EAGAIN ("Error sending packet", -11) after 26-30 of 169 frames of a
+phone .mov that PyAV (the same ffmpeg) decodes to the end (tests/test_faces_real.py).
 """
 
 from __future__ import annotations
@@ -142,7 +146,10 @@ class VideoFrames(Iterator[tuple[int, np.ndarray]]):
         self.expected: int | None = len(self._reader) or None
         self.decoded = 0
         self.error: str | None = None
+        self.fallback: str | None = None  # why PyAV took over from decord, and where
         self._finished = False
+        self._position = 0  # frames produced by _next_frame
+        self._pyav: Iterator[np.ndarray] | None = None
 
     @property
     def truncated(self) -> bool:
@@ -150,6 +157,12 @@ class VideoFrames(Iterator[tuple[int, np.ndarray]]):
         return self.error is not None
 
     def _next_frame(self) -> np.ndarray | None:
+        frame = self._next_pyav_frame() if self._pyav is not None else self._next_decord_frame()
+        if frame is not None:
+            self._position += 1
+        return frame
+
+    def _next_decord_frame(self) -> np.ndarray | None:
         decord = _import_decord()
         try:
             return _rgb(self._reader.next().asnumpy())
@@ -157,8 +170,28 @@ class VideoFrames(Iterator[tuple[int, np.ndarray]]):
             return None
         except (RuntimeError, decord.DECORDError, IndexError) as exc:
             message = str(exc).strip().splitlines()
-            self.error = (f"frame {self.decoded + 1} failed to decode: "
-                          f"{message[0] if message else type(exc).__name__}")
+            reason = message[0].rsplit("] ", 1)[-1] if message else type(exc).__name__
+            self.error = f"frame {self._position + 1} failed to decode: {reason}"
+            self._reader = None
+            self._pyav = _pyav_frames(self.path, skip=self._position)
+            frame = self._next_pyav_frame()
+            if frame is not None:
+                self.error = None
+                self.fallback = (f"decord stopped at frame {self._position + 1} ({reason}); "
+                                 "PyAV decoded the rest")
+            return frame
+
+    def _next_pyav_frame(self) -> np.ndarray | None:
+        import av
+
+        assert self._pyav is not None
+        try:
+            return next(self._pyav)
+        except StopIteration:
+            return None
+        except (av.FFmpegError, OSError, ValueError) as exc:
+            if self.error is None:
+                self.error = f"frame {self._position + 1} failed to decode: {exc}".splitlines()[0]
             return None
 
     def __next__(self) -> tuple[int, np.ndarray]:
@@ -183,6 +216,18 @@ class VideoFrames(Iterator[tuple[int, np.ndarray]]):
         start = self.decoded
         self.decoded += len(frames)
         return start, np.stack(frames)
+
+
+def _pyav_frames(path: Path, skip: int) -> Iterator[np.ndarray]:
+    """RGB frames of ``path`` decoded in order by PyAV, the first ``skip`` dropped."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for index, frame in enumerate(container.decode(stream)):
+            if index >= skip:
+                yield frame.to_ndarray(format="rgb24")
 
 
 def iter_video_frames(path: str | Path, chunk: int = DEFAULT_CHUNK,

@@ -103,26 +103,40 @@ def detector_names() -> list[str]:
 def _retinaface(**kwargs: Any) -> FaceDetector:
     from abaw_kit.faces.retinaface import RetinaFaceDetector
 
-    return RetinaFaceDetector(**kwargs)
+    return RetinaFaceDetector(backbone="resnet50", **kwargs)
+
+
+def _retinaface_mobilenet(**kwargs: Any) -> FaceDetector:
+    from abaw_kit.faces.retinaface import RetinaFaceDetector
+
+    return RetinaFaceDetector(backbone="mobilenet0.25", **kwargs)
 
 
 def _cascade(*, weights: str | Path | None = None, device: str = "cpu",
-             **params: Any) -> FaceDetector:
+             max_size: int | None = None, **params: Any) -> FaceDetector:
     from abaw_kit.faces.cascade import CascadeDetector
 
+    if max_size is not None:  # the one size option every backend takes
+        params["max_side"] = max_size
     if weights is not None:
         raise AbawError(f"the cascade detector has no weights to load (got {weights}); "
-                        "use --detector retinaface to load detector weights")
+                        "use --detector retinaface-mobilenet or retinaface to load weights")
     return CascadeDetector(**params)
 
 
+register_detector("retinaface-mobilenet", _retinaface_mobilenet)
 register_detector("retinaface", _retinaface)
 register_detector("cascade", _cascade)
+DEFAULT_DETECTOR = "retinaface-mobilenet"  # released weights of 1.7 MB, fast on a CPU
 
 
-def make_detector(name: str = "retinaface", *, weights: str | Path | None = None,
+def make_detector(name: str = DEFAULT_DETECTOR, *, weights: str | Path | None = None,
                   device: str = "cpu", **params: Any) -> FaceDetector:
-    """Build a registered detector; ``None`` params are dropped so backend defaults hold."""
+    """Build a registered detector; ``None`` params are dropped so backend defaults hold.
+
+    Every backend takes ``max_size``: the long side frames are resized to before detection
+    (boxes and landmarks come back in the original pixels).
+    """
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, _REGISTRY, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""

@@ -1,18 +1,24 @@
-"""The RetinaFace detector backend: weights (file or download), batched inference, NMS.
+"""The RetinaFace detector backends: released weights (file or download), batched inference, NMS.
 
-Preprocessing follows the released model's training: RGB, the longest side resized to
-``max_size``, ImageNet mean/std normalisation; a score threshold of 0.7 and NMS at IoU 0.4 are
-that package's defaults too. Inputs are not padded to a square: the network is fully
-convolutional and the prior boxes are generated for the resized frame's own size.
+Two released networks, each preprocessed as its weights were trained (checked on real faces in
+tests/test_faces_real.py):
+
+- ``retinaface-mobilenet`` (the default): biubug6's MobileNet-0.25 (MIT): BGR input, the means
+  104/117/123 subtracted, no std scaling;
+- ``retinaface``: ternaus' ResNet-50: RGB, ImageNet mean/std normalisation.
+
+Both: the longest side resized to ``max_size`` (boxes scaled back), a score threshold of 0.7 and
+NMS at IoU 0.4. Inputs are not padded to a square: the network is fully convolutional and the
+prior boxes are generated for the resized frame's own size.
 """
 
 from __future__ import annotations
 
 import io
-import os
 import pickle
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +36,41 @@ from abaw_kit.faces.retinaface_net import (
     prior_boxes,
 )
 
-WEIGHTS_URL = ("https://github.com/ternaus/retinaface/releases/download/0.01/"
-               "retinaface_resnet50_2020-07-20-f168fae3c.zip")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _WRAPPER_PREFIXES = ("module.", "model.")  # DataParallel / Lightning checkpoints
+_MAX_FLOAT_PIXELS = 4 * 1920 * 1080  # frames converted to float at once before the resize
+
+
+@dataclass(frozen=True)
+class ReleasedWeights:
+    """One released RetinaFace network: where its weights live and how its input was made."""
+
+    detector: str  # the --detector name
+    title: str
+    backbone: str  # a key of retinaface_net.ARCHITECTURES
+    url: str
+    cache_name: str  # file name in torch.hub's cache
+    sha256_prefix: str | None  # checked on download; part of cache_name, as torch.hub wants
+    bgr: bool
+    mean: tuple[float, float, float]  # per input channel, 0..255 scale, in the input's order
+    std: tuple[float, float, float]
+
+
+MOBILENET = ReleasedWeights(
+    detector="retinaface-mobilenet", title="RetinaFace-MobileNet0.25",
+    backbone="mobilenet0.25",
+    url=("https://github.com/biubug6/Face-Detector-1MB-with-landmark/raw/master/weights/"
+         "mobilenet0.25_Final.pth"),
+    cache_name="retinaface_mobilenet0.25_biubug6-ed6fa7d4.pth", sha256_prefix="ed6fa7d4",
+    bgr=True, mean=(104.0, 117.0, 123.0), std=(1.0, 1.0, 1.0))
+RESNET50 = ReleasedWeights(
+    detector="retinaface", title="RetinaFace-ResNet50", backbone="resnet50",
+    url=("https://github.com/ternaus/retinaface/releases/download/0.01/"
+         "retinaface_resnet50_2020-07-20-f168fae3c.zip"),
+    cache_name="retinaface_resnet50_2020-07-20-f168fae3c.zip", sha256_prefix=None,
+    bgr=False, mean=(0.485 * 255, 0.456 * 255, 0.406 * 255),
+    std=(0.229 * 255, 0.224 * 255, 0.225 * 255))
+RELEASES: dict[str, ReleasedWeights] = {r.backbone: r for r in (MOBILENET, RESNET50)}
+WEIGHTS_URL = RESNET50.url
 
 
 def _read_state_dict_file(path: Path) -> Any:
@@ -81,47 +117,81 @@ def load_retinaface_weights(weights: str | Path) -> dict[str, torch.Tensor]:
     return _as_state_dict(obj, str(path))
 
 
-def download_retinaface_weights(url: str = WEIGHTS_URL) -> dict[str, torch.Tensor]:
-    """The released weights through torch.hub's cache (downloaded once, then read offline)."""
+def hub_cache_path(release: ReleasedWeights = RESNET50) -> Path:
+    """Where torch.hub keeps the downloaded weights (for messages and docs)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / release.cache_name
+
+
+def download_retinaface_weights(release: ReleasedWeights = RESNET50) -> dict[str, torch.Tensor]:
+    """The released weights through torch.hub's cache (downloaded once and hash-checked, then
+    read offline)."""
     try:
-        obj = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False,
-                                                 weights_only=True)
+        obj = torch.hub.load_state_dict_from_url(
+            release.url, map_location="cpu", progress=False, weights_only=True,
+            file_name=release.cache_name, check_hash=release.sha256_prefix is not None)
     except OSError as exc:  # urllib's URLError/HTTPError and socket errors are OSErrors
-        raise AbawError(f"could not download RetinaFace weights from {url} ({exc}); pass "
-                        f"--detector-weights PATH (the .zip/.pth from {url}) or use "
-                        "--detector cascade") from exc
-    except (RuntimeError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
-        cache = Path(torch.hub.get_dir()) / "checkpoints"
-        raise AbawError(f"cannot read the RetinaFace weights cached in {cache} ({exc}); delete "
-                        "the file to download it again".splitlines()[0]) from exc
-    return _as_state_dict(obj, url)
+        raise AbawError(
+            f"could not download {release.title} weights from {release.url} ({exc}); pass "
+            f"--detector-weights PATH (that file), or put it at {hub_cache_path(release)}, or "
+            "use --detector cascade".splitlines()[0]) from exc
+    except (RuntimeError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile,
+            EOFError) as exc:
+        if "invalid hash value" in str(exc):  # torch.hub removed the download
+            raise AbawError(f"the file downloaded from {release.url} is not the released "
+                            f"{release.title} (sha256 does not start with "
+                            f"{release.sha256_prefix}); nothing was cached") from exc
+        raise AbawError(f"cannot read the {release.title} weights cached in "
+                        f"{hub_cache_path(release)} ({exc}); delete the file to download it "
+                        "again".splitlines()[0]) from exc
+    return _as_state_dict(obj, release.url)
 
 
-def load_into(net: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Strict load that explains a mismatch; BatchNorm step counters may be absent."""
+def _expected_keys(backbone: str) -> set[str]:
+    return {k for k in RetinaFaceNet(backbone).state_dict()
+            if not k.endswith("num_batches_tracked")}
+
+
+def load_into(net: RetinaFaceNet, state: dict[str, torch.Tensor], source: str) -> None:
+    """Strict load that explains a mismatch (naming the variant the weights fit, if any);
+    BatchNorm step counters may be absent."""
+    release = RELEASES[net.backbone]
     expected = net.state_dict()
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
+        given = {k for k in state if not k.endswith("num_batches_tracked")}
+        for other in RELEASES.values():
+            if other is not release and given == _expected_keys(other.backbone):
+                raise AbawError(f"{source} holds {other.title} weights, not {release.title}: "
+                                f"use --detector {other.detector}")
+        first = (f"key {unexpected[0]!r} is not part of it" if unexpected
+                 else f"key {missing[0]!r} is missing")
         raise AbawError(
-            f"{source} does not hold RetinaFace-ResNet50 weights: {len(missing)} keys missing "
-            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+            f"{source} does not hold {release.title} weights: {first} ({len(missing)} keys "
+            f"missing, {len(unexpected)} unexpected); supported: "
+            + ", ".join(f"{r.title} (--detector {r.detector})" for r in RELEASES.values()))
     for key, value in state.items():
         if tuple(value.shape) != tuple(expected[key].shape):
-            raise AbawError(f"{source}: {key} has shape {tuple(value.shape)}, RetinaFace-ResNet50 "
+            raise AbawError(f"{source}: {key} has shape {tuple(value.shape)}, {release.title} "
                             f"expects {tuple(expected[key].shape)}")
     net.load_state_dict(state, strict=False)
 
 
 class RetinaFaceDetector:
-    """Batched RetinaFace-ResNet50 on ``device`` ("auto": cuda when available); boxes and
-    landmarks in input-image pixels."""
-
-    name = "retinaface"
+    """Batched RetinaFace (``backbone`` "mobilenet0.25" or "resnet50") on ``device`` ("auto":
+    cuda when available); boxes and landmarks in input-image pixels."""
 
     def __init__(self, *, weights: str | Path | None = None, device: str = "cpu",
-                 max_size: int = 640, score_threshold: float = 0.7, nms_threshold: float = 0.4,
+                 backbone: str = "resnet50", max_size: int = 640,
+                 score_threshold: float = 0.7, nms_threshold: float = 0.4,
                  pre_nms_top_k: int = 5000, max_faces: int = 50) -> None:
+        if backbone not in RELEASES:
+            raise AbawError(f"unknown RetinaFace backbone {backbone!r}: choose one of "
+                            f"{', '.join(RELEASES)}")
+        if max_size < 32:
+            raise AbawError(f"the detection size must be >= 32 pixels, got {max_size}")
+        self.release = RELEASES[backbone]
+        self.name = self.release.detector
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -130,14 +200,17 @@ class RetinaFaceDetector:
         self.nms_threshold = nms_threshold
         self.pre_nms_top_k = pre_nms_top_k
         self.max_faces = max_faces
-        source = str(weights) if weights is not None else WEIGHTS_URL
+        source = str(weights) if weights is not None else self.release.url
         state = (load_retinaface_weights(weights) if weights is not None
-                 else download_retinaface_weights())
-        self.net = RetinaFaceNet()
+                 else download_retinaface_weights(self.release))
+        self.net = RetinaFaceNet(backbone)
         load_into(self.net, state, source)
-        self.net.eval().to(self.device)
-        self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255
-        self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255
+        self._min_sizes = self.net.min_sizes
+        # channels-last: 2.7x faster on a 2-core CPU for this depthwise network (13 vs 35 ms
+        # per 640x360 frame, benchmarks/bench_prepare_video.py); the outputs are the same
+        self.net.eval().to(self.device, memory_format=torch.channels_last)
+        self._mean = torch.tensor(self.release.mean, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(self.release.std, device=self.device).view(1, 3, 1, 1)
         self._priors: dict[tuple[int, int], torch.Tensor] = {}
 
     def _priors_for(self, height: int, width: int) -> torch.Tensor:
@@ -146,19 +219,33 @@ class RetinaFaceDetector:
         if key not in self._priors:
             if len(self._priors) >= 8:
                 del self._priors[next(iter(self._priors))]
-            self._priors[key] = prior_boxes(height, width).to(self.device)
+            self._priors[key] = prior_boxes(height, width, self._min_sizes).to(self.device)
         return self._priors[key]
 
     def _prepare(self, images: np.ndarray) -> torch.Tensor:
-        """uint8 [B,H,W,3] -> normalised [B,3,h,w] with max(h,w) == max_size."""
+        """uint8 RGB [B,H,W,3] -> the network's input [B,3,h,w] with max(h,w) == max_size.
+
+        Frames become float a few at a time, so a batch of 4K frames costs the memory of a few
+        float frames plus the small resized batch.
+        """
         height, width = images.shape[1:3]
         scale = self.max_size / max(height, width)
-        batch = torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2).float()
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
-        if size != (height, width):
-            batch = F.interpolate(batch, size=size, mode="bilinear", align_corners=False,
-                                  antialias=scale < 1)
-        return (batch - self._mean) / self._std
+        per_chunk = max(1, _MAX_FLOAT_PIXELS // (height * width))
+        resized = []
+        for start in range(0, len(images), per_chunk):
+            frames = np.require(images[start:start + per_chunk], requirements=["C", "W"])
+            chunk = torch.from_numpy(frames).to(self.device)
+            if self.release.bgr:
+                chunk = chunk.flip(-1)  # on uint8: a quarter of the bytes of the float batch
+            # [B,H,W,3] viewed as [B,3,H,W] is channels-last already: the cast keeps the strides
+            chunk = chunk.permute(0, 3, 1, 2).float()
+            if size != (height, width):
+                chunk = F.interpolate(chunk, size=size, mode="bilinear", align_corners=False,
+                                      antialias=scale < 1)
+            resized.append(chunk)
+        batch = torch.cat(resized).contiguous(memory_format=torch.channels_last)
+        return batch.sub_(self._mean).div_(self._std)
 
     def _select(self, boxes: torch.Tensor, scores: torch.Tensor, marks: torch.Tensor,
                 image_hw: tuple[int, int]) -> Detections:
@@ -177,7 +264,7 @@ class RetinaFaceDetector:
     @torch.inference_mode()
     def detect(self, images: np.ndarray) -> list[Detections]:
         images = check_images(images)
-        batch = self._prepare(np.ascontiguousarray(images))
+        batch = self._prepare(images)
         offsets, logits, mark_offsets = self.net(batch)
         priors = self._priors_for(*batch.shape[-2:])
         if priors.shape[0] != offsets.shape[1]:
@@ -189,8 +276,3 @@ class RetinaFaceDetector:
         marks = decode_landmarks(mark_offsets, priors) * to_pixels
         scores = logits.softmax(dim=-1)[..., 1]
         return [self._select(boxes[i], scores[i], marks[i], image_hw) for i in range(len(images))]
-
-
-def hub_cache_path(url: str = WEIGHTS_URL) -> Path:
-    """Where torch.hub keeps the downloaded weights (for messages and docs)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)

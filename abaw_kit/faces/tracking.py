@@ -9,9 +9,13 @@ Choice rules (all counts are over the frames the detector ran on):
   the largest one seen at the same time as it (else the largest on the other half of the frame);
   of these two, the one with the smaller mean box centre x is ``left``. A lone face goes to the
   side of the frame it is on and the other subject has no face.
+* Linking: a detection links to a track by the better affinity to the track's last box or to
+  that box moved on at the track's last velocity, so two faces that cross (one hiding the other
+  for a frame or two) keep their own tracks.
 * Fragments: a face lost for longer than ``max_gap`` frames, or reacquired elsewhere, starts a
-  new track. Every other long track that never co-occurs with a subject's tracks is added to
-  that subject (for ``left``/``right``: to the side whose chosen track is nearer in mean x).
+  new track. Every other long track that never co-occurs with a subject's tracks is
+  added to that subject (for ``left``/``right``: to the side whose chosen track is nearer in
+  mean x).
 
 With ``detect_every`` > 1, frames between two detected frames on which the same track is present
 get linearly interpolated boxes and landmarks; where a track is missing on a detected frame, the
@@ -44,6 +48,19 @@ class Track:
         self.frames.append(frame)
         self.boxes.append(np.asarray(box, dtype=np.float32))
         self.landmarks.append(np.asarray(landmarks, dtype=np.float32))
+
+    def predicted_box(self, frame: int, max_extrapolation: int = 10) -> np.ndarray:
+        """Where the face should be on ``frame``: the last box, its centre moved on at the
+        velocity of the last two detections (for at most ``max_extrapolation`` frames), so two
+        faces that cross keep their tracks instead of swapping at the crossing. The size is not
+        extrapolated: the cascade's box size jumps from frame to frame."""
+        last = self.boxes[-1]
+        if len(self.frames) < 2 or self.frames[-1] == self.frames[-2]:
+            return last
+        centre_shift = ((last[:2] + last[2:]) - (self.boxes[-2][:2] + self.boxes[-2][2:])) / 2
+        steps = min(frame - self.frames[-1], max_extrapolation)
+        velocity = centre_shift / (self.frames[-1] - self.frames[-2])
+        return last + np.tile(velocity * steps, 2)
 
     @property
     def presence(self) -> int:
@@ -123,8 +140,12 @@ def _assign(tracks: list[Track], candidates: list[int], frame: int, found: Detec
     """Extend ``candidates`` tracks with the best-matching unmatched detections; return the rest."""
     if not candidates or not unmatched:
         return unmatched
-    affinity = link_affinity(np.stack([tracks[i].boxes[-1] for i in candidates]),
-                             found.boxes[unmatched])
+    # the better of "where it was" and "where its motion takes it": jittery boxes (the cascade)
+    # still link to the last box; faces that cross link to where each was heading
+    affinity = np.maximum(
+        link_affinity(np.stack([tracks[i].boxes[-1] for i in candidates]), found.boxes[unmatched]),
+        link_affinity(np.stack([tracks[i].predicted_box(frame) for i in candidates]),
+                      found.boxes[unmatched]))
     rows, cols = linear_sum_assignment(affinity, maximize=True)
     taken = set()
     for row, col in zip(rows, cols, strict=True):

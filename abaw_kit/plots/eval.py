@@ -96,20 +96,47 @@ def plot_f1_vs_window(table: list[dict[str, Any]], path: str | Path,
     return _save(fig, path)
 
 
-def plot_timeline(probs: Any, path: str | Path, fps: float = 30.0, title: str = "") -> Path:
-    """Expression probabilities of one video over time (stacked), plus the predicted class."""
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """(start, stop) frame indices, stop exclusive, of each contiguous run of True in ``mask``."""
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True))
+
+
+def plot_timeline(probs: Any, path: str | Path, fps: float = 30.0, title: str = "", *,
+                  has_face: np.ndarray | None = None) -> Path:
+    """Expression probabilities of one video over time (stacked), plus the predicted class.
+
+    ``has_face`` (one bool per frame): runs of frames without a face are washed out and hatched
+    on both panels (their probabilities are interpolated from the nearest faces; a white wash,
+    not grey, so as not to look like the grey of "Other"), and the bottom panel shows no
+    predicted class for them.
+    """
     values = np.nan_to_num(np.asarray(probs, dtype=np.float64).reshape(-1, NUM_CLASSES))
-    seconds = np.arange(len(values)) / (fps if fps > 0 else 1.0)
+    face = (np.ones(len(values), bool) if has_face is None
+            else np.asarray(has_face, dtype=bool).reshape(-1))
+    if len(face) != len(values):
+        raise ValueError(f"has_face has {len(face)} frames, probs {len(values)}")
+    step = 1.0 / fps if fps > 0 else 1.0
+    seconds = np.arange(len(values)) * step
     fig = Figure(figsize=(10, 5))
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     colors = [f"C{i}" for i in range(NUM_CLASSES)]
     top.stackplot(seconds, values.T, labels=CLASS_NAMES, colors=colors, alpha=0.85)
+    missing = _runs(~face)
+    for k, (start, stop) in enumerate(missing):  # one legend entry, not one per run
+        for ax in (top, bottom):
+            ax.axvspan((start - 0.5) * step, (stop - 0.5) * step, facecolor=(1.0, 1.0, 1.0, 0.55),
+                       edgecolor=(0.2, 0.2, 0.2, 0.7), hatch="//", linewidth=0,
+                       label="no face (interpolated)" if k == 0 and ax is top else None)
+    top.set_xlim(0.0, max(seconds[-1] if len(seconds) else 0.0, step))
     top.set_ylim(0.0, 1.0)
-    top.set_ylabel("probability")
+    top.set_ylabel("probability (stacked)")
     top.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
-    top.set_title(title or "Expression probabilities")
+    no_face = f", {int((~face).sum())} of {len(face)} frames without a face" if missing else ""
+    top.set_title(f"{title or 'Expression probabilities'}{no_face}")
     predicted = values.argmax(axis=1) if len(values) else np.zeros(0, dtype=int)
-    bottom.scatter(seconds, predicted, c=[colors[i] for i in predicted], s=2)
+    bottom.scatter(seconds[face], predicted[face], c=[colors[i] for i in predicted[face]], s=4)
+    bottom.set_ylim(-0.5, NUM_CLASSES - 0.5)
     bottom.set_yticks(range(NUM_CLASSES), CLASS_NAMES, fontsize=7)
     bottom.set_xlabel("time (s)" if fps > 0 else "frame")
     bottom.set_ylabel("predicted")

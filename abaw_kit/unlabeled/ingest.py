@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from abaw_kit.errors import AbawError
+from abaw_kit.faces.detector import DEFAULT_DETECTOR
 from abaw_kit.unlabeled import parts
 from abaw_kit.unlabeled.aligning import FaceAligner
 from abaw_kit.unlabeled.dedup import DigestSet, hex_column
@@ -122,7 +123,7 @@ def _resolve_detector(detector: Any) -> Any:
     if detector is None or isinstance(detector, str):
         from abaw_kit.faces import make_detector
 
-        return make_detector(detector or "retinaface")
+        return make_detector(detector or DEFAULT_DETECTOR)
     if not callable(getattr(detector, "detect", None)):
         raise AbawError(f"detector {detector!r} has no detect(images) method")
     return detector
@@ -130,7 +131,7 @@ def _resolve_detector(detector: Any) -> Any:
 
 def _detector_name(detector: Any) -> str:
     if detector is None or isinstance(detector, str):
-        return detector or "retinaface"
+        return detector or DEFAULT_DETECTOR
     return str(getattr(detector, "name", type(detector).__name__))
 
 
