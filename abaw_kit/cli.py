@@ -252,6 +252,36 @@ def _flat(result: dict[str, Any]) -> dict[str, Any]:
 
 @app.command()
 @user_errors
+def embed(
+    run: RunOpt = None,
+    split: Annotated[list[str] | None, typer.Option(
+        "--split", help="Split(s) to embed (default: every split with a face store).")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        min=1, help="Frames per batch (default: 256 on CPU; on a GPU 1024 at 112 px, fewer "
+                    "for larger inputs).")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Recompute videos already embedded with this checkpoint.")] = False,
+    device: DeviceOpt = "auto",
+    work: WorkOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False,
+) -> None:
+    """Per-frame embeddings (pooled backbone features, EMA weights) cached in the run."""
+    from abaw_kit.embed import embed_run
+
+    ws = Workspace.resolve(work)
+    result = embed_run(ws, run, split, device=device, batch_size=batch_size, force=force,
+                       progress=not as_json, log=console.print)
+    table = Table(title=f"embeddings of run {result['run']} ({result['backbone']}, "
+                        f"{Path(result['checkpoint']).name}, step {result['step']})")
+    for column in ("split", "videos", "frames embedded", "dim", "skipped as done"):
+        table.add_column(column, justify="left" if column == "split" else "right")
+    for name, rep in result["splits"].items():
+        table.add_row(name, str(rep["videos"]), str(rep["frames_embedded"]), str(rep["dim"]),
+                      str(rep["videos_skipped_done"]))
+    emit(result, as_json, table)
+
+
+@app.command()
+@user_errors
 def evaluate(
     split: Annotated[str, typer.Option(help="Split to score (val).")] = "val",
     run: RunOpt = None,

@@ -9,9 +9,9 @@ and caches the result per (checkpoint, face store), so trying another smoothing 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,19 +95,27 @@ def predict_faces(loaded: LoadedModel, faces: np.ndarray,
 @torch.inference_mode()
 def _forward(model: nn.Module, normalize: Normalizer, images: torch.Tensor,
              amp_dtype: torch.dtype | None) -> np.ndarray:
-    return _device_probs(model, normalize, images, amp_dtype).cpu().numpy()
+    return _device_outputs(model, normalize, images, amp_dtype).cpu().numpy()
 
 
-def _device_probs(model: nn.Module, normalize: Normalizer, images: torch.Tensor,
-                  amp_dtype: torch.dtype | None) -> torch.Tensor:
-    """float32 probabilities, left on the model's device (call under inference_mode)."""
+Head = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+"""What the streaming loop computes from a normalised batch, on the device (under autocast)."""
+
+
+def class_probabilities(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """float32 softmax of the logits: what validation, evaluation and submission use."""
+    return model(x).float().softmax(dim=1)
+
+
+def _device_outputs(model: nn.Module, normalize: Normalizer, images: torch.Tensor,
+                    amp_dtype: torch.dtype | None,
+                    head: Head = class_probabilities) -> torch.Tensor:
+    """``head`` of a uint8 batch, left on the model's device (call under inference_mode)."""
     x = normalize(images)
     if amp_dtype is not None:
         with torch.autocast(device_type="cuda", dtype=amp_dtype):
-            logits = model(x)
-    else:
-        logits = model(x)
-    return logits.float().softmax(dim=1)
+            return head(model, x)
+    return head(model, x)
 
 
 class FaceRowBatches(Dataset):
@@ -125,7 +133,8 @@ class FaceRowBatches(Dataset):
 
 
 GPU_BATCH_PIXELS = 1024 * 112 * 112
-OUTPUT_CHUNK_ROWS = 65536  # device-side probabilities per host copy: 2 MiB
+OUTPUT_CHUNK_ROWS = 65536  # device-side outputs per host copy: 2 MiB of probabilities
+OUTPUT_CHUNK_BYTES = 128 * 1024 * 1024  # ...or less for wide outputs (embeddings)
 
 
 def default_workers(device: torch.device) -> int:
@@ -153,16 +162,36 @@ def predict_rows(model: nn.Module, normalize: Normalizer, store: FaceStore, rows
                  batch_size: int | None = None, num_workers: int | None = None,
                  amp_dtype: torch.dtype | None = None, progress: bool = False,
                  description: str = "predict") -> np.ndarray:
-    """float32 [len(rows), 8] probabilities of face-store rows (all must have a face).
-
-    The probabilities stay on the device and are copied to the preallocated host array once
-    per ``OUTPUT_CHUNK_ROWS`` frames: a copy per batch would make the host wait for every
-    batch and leave the GPU idle while the next one is fetched.
-    """
+    """float32 [len(rows), 8] probabilities of face-store rows (all must have a face)."""
     rows = np.asarray(rows, np.int64)
     out = np.empty((len(rows), NUM_CLASSES), dtype=np.float32)
+    done = 0  # rows copied to ``out``
+
+    def consume(pending: list[torch.Tensor]) -> None:
+        nonlocal done
+        done = _copy_out(out, done, pending)
+
+    stream_rows(model, normalize, store, rows, consume, batch_size=batch_size,
+                num_workers=num_workers, amp_dtype=amp_dtype, progress=progress,
+                description=description)
+    return out
+
+
+def stream_rows(model: nn.Module, normalize: Normalizer, store: FaceStore, rows: np.ndarray,
+                consume: Callable[[list[torch.Tensor]], None], *,
+                head: Head = class_probabilities, batch_size: int | None = None,
+                num_workers: int | None = None, amp_dtype: torch.dtype | None = None,
+                progress: bool = False, description: str = "predict") -> None:
+    """``head`` of face-store rows (all with a face), handed in row order to ``consume`` as
+    device tensors, one call per ``OUTPUT_CHUNK_ROWS`` rows or ``OUTPUT_CHUNK_BYTES`` bytes
+    (and one for the rest): what ``predict_rows`` and ``abaw embed`` share.
+
+    The outputs stay on the device until a chunk is full: a host copy per batch would make
+    the host wait for every batch and leave the GPU idle while the next one is fetched.
+    """
+    rows = np.asarray(rows, np.int64)
     if len(rows) == 0:
-        return out
+        return
     batch_size = batch_size or default_batch_size(normalize.device, normalize.size)
     workers = default_workers(normalize.device) if num_workers is None else num_workers
     dataset = FaceRowBatches(store, rows, batch_size)
@@ -172,19 +201,23 @@ def predict_rows(model: nn.Module, normalize: Normalizer, store: FaceStore, rows
     was_training = model.training
     model.eval()
     pending: list[torch.Tensor] = []
-    done = held = 0  # rows copied to ``out``; rows waiting on the device
-    with progress_bar(progress, description, total=len(rows), unit="frames") as advance, \
-            torch.inference_mode():
-        for images in loader:
-            pending.append(_device_probs(model, normalize, images, amp_dtype))
-            held += len(images)
-            if held >= OUTPUT_CHUNK_ROWS:
-                done, held, pending = _copy_out(out, done, pending), 0, []
-            advance(len(images))
-        if pending:
-            _copy_out(out, done, pending)
-    model.train(was_training)
-    return out
+    held = held_bytes = 0  # rows and bytes waiting on the device
+    try:
+        with progress_bar(progress, description, total=len(rows), unit="frames") as advance, \
+                torch.inference_mode():
+            for images in loader:
+                output = _device_outputs(model, normalize, images, amp_dtype, head)
+                pending.append(output)
+                held += len(output)
+                held_bytes += output.numel() * output.element_size()
+                if held >= OUTPUT_CHUNK_ROWS or held_bytes >= OUTPUT_CHUNK_BYTES:
+                    consume(pending)
+                    held, held_bytes, pending = 0, 0, []
+                advance(len(images))
+            if pending:
+                consume(pending)
+    finally:
+        model.train(was_training)
 
 
 def _copy_out(out: np.ndarray, start: int, pending: list[torch.Tensor]) -> int:
@@ -232,9 +265,8 @@ def split_probabilities(run_dir: Path, store: FaceStore, split: str, *, device: 
 def cache_key(checkpoint: Path, store: FaceStore) -> dict[str, Any]:
     """What the probabilities depend on: the checkpoint file and the store's index."""
     stat = checkpoint.stat()
-    digest = hashlib.sha256((store.split_dir / "index.parquet").read_bytes()).hexdigest()
     return {"checkpoint": checkpoint.name, "checkpoint_size": stat.st_size,
-            "checkpoint_mtime_ns": stat.st_mtime_ns, "store_index_sha256": digest}
+            "checkpoint_mtime_ns": stat.st_mtime_ns, "store_index_sha256": store.index_sha256()}
 
 
 class ProbabilityCache:

@@ -5,7 +5,8 @@ Layout of a workspace (default ``./abaw-work``, ``--work`` or ``ABAW_WORK``)::
     demo-data/            the built-in synthetic release (generated on first use)
     faces/<split>/        the face store of one split (see abaw_kit.data.store)
     unlabeled/            the unlabelled index built by ``abaw ingest``
-    runs/<name>/          one training run (config, metrics, checkpoints, plots)
+    runs/<name>/          one training run (config, metrics, checkpoints, plots; embeddings:
+                          ``run_embeddings_dir``)
     runs/LATEST           name of the most recent run
 """
 
@@ -47,6 +48,12 @@ def check_split(split: str) -> str:
     if split not in SPLITS:
         raise AbawError(f"unknown split '{split}': expected one of {', '.join(SPLITS)}")
     return split
+
+
+def run_embeddings_dir(run_dir: str | Path, split: str) -> Path:
+    """``<run>/embeddings/<split>/``: the per-frame embeddings ``abaw embed`` writes (the files
+    inside: abaw_kit.embed)."""
+    return Path(run_dir) / "embeddings" / check_split(split)
 
 
 @dataclass(frozen=True)

@@ -83,35 +83,54 @@ def _unreadable(path: Path, exc: BaseException, what: str = "") -> AbawError:
     return AbawError(f"{what}{path} is damaged ({_one_line(exc)}); {REDO}")
 
 
-def npy_problem(path: Path, faces: int | None = None) -> str | None:
-    """What is wrong with a shard ``.npy``, or None: the header must describe uint8
-    [faces, 112, 112, 3] and the file must hold exactly those bytes (a truncated copy does
-    not). Only the header is read, so checking every shard of a split is cheap."""
+def read_npy_header(path: Path) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """(shape, fortran_order, dtype, data offset) of a ``.npy`` file, reading only its header.
+
+    Raises OSError (FileNotFoundError when missing), ValueError or EOFError like numpy does.
+    """
+    with path.open("rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+        else:
+            raise ValueError(f"a .npy file of unsupported version {version}")
+        return tuple(shape), bool(fortran), dtype, handle.tell()
+
+
+def npy_array_problem(path: Path, dtype: np.dtype | type, shape: tuple[int, ...]) -> str | None:
+    """What is wrong with a ``.npy`` that should hold ``dtype`` ``shape`` (C order, exactly
+    those bytes: a truncated copy does not), or None. Only the header is read."""
     try:
         size = path.stat().st_size
-        with path.open("rb") as handle:
-            version = np.lib.format.read_magic(handle)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
-            elif version == (2, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
-            else:
-                return f"is a .npy file of unsupported version {version}"
-            start = handle.tell()
+        found, fortran, found_dtype, start = read_npy_header(path)
     except FileNotFoundError:
         return "is missing"
     except OSError as exc:
         return f"cannot be read ({exc.strerror or exc})"
     except (ValueError, EOFError) as exc:
         return f"is not a readable .npy file ({_one_line(exc)})"
-    count = faces if faces is not None else (shape[0] if len(shape) == 4 else -1)
-    wanted = (count, FACE_SIZE, FACE_SIZE, 3)
-    if dtype != np.uint8 or fortran or tuple(shape) != wanted:
-        return f"holds {dtype} {tuple(shape)}, expected uint8 {wanted}"
-    expected = start + count * FACE_SIZE * FACE_SIZE * 3
+    wanted = np.dtype(dtype)
+    if found_dtype != wanted or fortran or found != tuple(shape):
+        return f"holds {found_dtype} {found}, expected {wanted} {tuple(shape)}"
+    expected = start + int(np.prod(shape)) * wanted.itemsize
     if size != expected:
         return f"has {size} bytes, expected {expected} (truncated or overwritten)"
     return None
+
+
+def npy_problem(path: Path, faces: int | None = None) -> str | None:
+    """What is wrong with a shard ``.npy``, or None: the header must describe uint8
+    [faces, 112, 112, 3] and the file must hold exactly those bytes (a truncated copy does
+    not). Only the header is read, so checking every shard of a split is cheap."""
+    if faces is None:
+        try:
+            shape = read_npy_header(path)[0]
+        except (OSError, ValueError, EOFError):
+            shape = ()  # npy_array_problem names the reason
+        faces = shape[0] if len(shape) == 4 else -1
+    return npy_array_problem(path, np.uint8, (faces, FACE_SIZE, FACE_SIZE, 3))
 
 
 def read_shard_record(path: Path) -> dict[str, Any] | None:
@@ -289,6 +308,11 @@ class FaceStore:
 
     def __len__(self) -> int:
         return len(self.index)
+
+    def index_sha256(self) -> str:
+        """sha256 of ``index.parquet``: what results cached per frame (probabilities,
+        embeddings) are keyed on, so a store rebuilt with other videos or faces misses."""
+        return hashlib.sha256((self.split_dir / "index.parquet").read_bytes()).hexdigest()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

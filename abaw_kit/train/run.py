@@ -1,7 +1,8 @@
 """``train()``: the plain function behind ``abaw train``; one run folder, resumable exactly.
 
 Run folder ``<work>/runs/<name>/``: ``config.yaml`` (resolved), ``metrics.csv``, ``train.log``,
-``checkpoints/`` (see abaw_kit.train.checkpoint) and ``plots/``. Under torchrun every rank
+``checkpoints/`` (see abaw_kit.train.checkpoint) and ``plots/``; later commands add
+``embeddings/<split>/`` (``abaw embed``, see abaw_kit.embed). Under torchrun every rank
 trains; only rank 0 writes.
 """
 
