@@ -32,6 +32,11 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON 
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
 RunOpt = Annotated[str | None, typer.Option("--run", help="Run name (default: the latest run).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")]
+BatchSizeOpt = Annotated[int | None, typer.Option(
+    min=1, help="Frames per batch (default: 256 on CPU; on a GPU 1024 at 112 px, fewer for "
+                "larger inputs).")]
+DetectEveryOpt = Annotated[int, typer.Option(
+    min=1, help="Detect every K frames, interpolate boxes between.")]
 DetectSizeOpt = Annotated[int | None, typer.Option(
     min=32, help="Long side frames are resized to for detection, e.g. 640 or 320 (boxes are "
                  "scaled back; default: the detector's, 640 for RetinaFace).")]
@@ -96,8 +101,7 @@ def prepare(
              "cascade.")] = DEFAULT_DETECTOR,
     detector_weights: Annotated[Path | None, typer.Option(
         help="Local RetinaFace weights (offline route).")] = None,
-    detect_every: Annotated[int, typer.Option(min=1, help="Detect every K frames, "
-                                              "interpolate boxes between.")] = 1,
+    detect_every: DetectEveryOpt = 1,
     detect_size: DetectSizeOpt = None,
     device: DeviceOpt = "cpu",
     work: WorkOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False,
@@ -256,9 +260,7 @@ def embed(
     run: RunOpt = None,
     split: Annotated[list[str] | None, typer.Option(
         "--split", help="Split(s) to embed (default: every split with a face store).")] = None,
-    batch_size: Annotated[int | None, typer.Option(
-        min=1, help="Frames per batch (default: 256 on CPU; on a GPU 1024 at 112 px, fewer "
-                    "for larger inputs).")] = None,
+    batch_size: BatchSizeOpt = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Recompute videos already embedded with this checkpoint.")] = False,
     device: DeviceOpt = "auto",
@@ -299,9 +301,7 @@ def evaluate(
     ] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Overwrite an existing --write-predictions file.")] = False,
-    batch_size: Annotated[int | None, typer.Option(
-        min=1, help="Frames per batch (default: 256 on CPU; on a GPU 1024 at 112 px, fewer "
-                    "for larger inputs).")] = None,
+    batch_size: BatchSizeOpt = None,
     device: DeviceOpt = "auto",
     work: WorkOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False,
 ) -> None:
@@ -331,9 +331,7 @@ def submit(
     ] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Overwrite an existing --out file.")] = False,
-    batch_size: Annotated[int | None, typer.Option(
-        min=1, help="Frames per batch (default: 256 on CPU; on a GPU 1024 at 112 px, fewer "
-                    "for larger inputs).")] = None,
+    batch_size: BatchSizeOpt = None,
     device: DeviceOpt = "auto",
     work: WorkOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False,
 ) -> None:
@@ -367,8 +365,7 @@ def predict(
         "--force", help="Overwrite CSVs and PNGs an earlier predict wrote.")] = False,
     detector: Annotated[str, typer.Option(help="Face detector.")] = DEFAULT_DETECTOR,
     detector_weights: Annotated[Path | None, typer.Option(help="Local detector weights.")] = None,
-    detect_every: Annotated[int, typer.Option(min=1, help="Detect every K frames, "
-                                              "interpolate boxes between.")] = 1,
+    detect_every: DetectEveryOpt = 1,
     detect_size: DetectSizeOpt = None,
     device: DeviceOpt = "auto",
     work: WorkOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False,

@@ -223,11 +223,12 @@ def _differences(record: dict[str, Any], key: dict[str, Any]) -> str:
 
 
 def _clear(folder: Path) -> None:
-    """Remove a split's embeddings, the record first: a kill midway leaves no usable claim."""
+    """Remove a split's embeddings, the record first: a kill midway leaves no usable claim
+    (temporary files: ``_sweep_temporary``, which every run calls next)."""
     (folder / RECORD).unlink(missing_ok=True)
     if folder.is_dir():
         for path in folder.iterdir():
-            if path.is_file() and (path.suffix == ".npy" or path.name.startswith(".")):
+            if path.is_file() and path.suffix == ".npy":
                 path.unlink(missing_ok=True)
 
 

@@ -37,11 +37,12 @@ from skimage.transform import SimilarityTransform, warp
 
 from abaw_kit.data.video import iter_video_frames, write_video
 from abaw_kit.faces import Detections, FaceDetector, extract_video_faces, make_detector
+from abaw_kit.faces.retinaface import RELEASES
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DEFAULT_VIDEO = SHARED / "data/real_faces/single_face.mp4"
 DEFAULT_MOBILENET_WEIGHTS = SHARED / "weights/retinaface_mobilenet0.25_biubug6.pth"
-BACKBONES = {"retinaface-mobilenet": "mobilenet0.25", "retinaface": "resnet50"}
+BACKBONES = {release.detector: release.backbone for release in RELEASES.values()}
 
 
 def moving_astronaut(frames: int, width: int, height: int) -> Iterator[np.ndarray]:

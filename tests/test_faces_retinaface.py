@@ -21,7 +21,7 @@ from abaw_kit.errors import AbawError
 from abaw_kit.faces import DEFAULT_DETECTOR, Detections, make_detector
 from abaw_kit.faces.retinaface import (
     MOBILENET,
-    WEIGHTS_URL,
+    RESNET50,
     RetinaFaceDetector,
     hub_cache_path,
     load_retinaface_weights,
@@ -193,8 +193,7 @@ def test_mobilenet_download_is_hash_checked_and_offline_says_how(
 
 
 def test_mobilenet_priors_use_its_own_anchor_sizes() -> None:
-    net = RetinaFaceNet("mobilenet0.25")
-    pixels = prior_boxes(320, 320, net.min_sizes).numpy() * 320
+    pixels = prior_boxes(320, 320, "mobilenet0.25").numpy() * 320
     np.testing.assert_allclose(pixels[0], [4, 4, 10, 10], rtol=1e-5)
     np.testing.assert_allclose(pixels[1], [4, 4, 20, 20], rtol=1e-5)
     np.testing.assert_allclose(pixels[2 * 40 * 40], [8, 8, 32, 32], rtol=1e-5)
@@ -298,9 +297,9 @@ def test_offline_download_names_url_and_fixes(monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(AbawError) as info:
         make_detector("retinaface")
     message = str(info.value)
-    assert WEIGHTS_URL == ("https://github.com/ternaus/retinaface/releases/download/0.01/"
+    assert RESNET50.url == ("https://github.com/ternaus/retinaface/releases/download/0.01/"
                            "retinaface_resnet50_2020-07-20-f168fae3c.zip")
-    assert message.startswith(f"could not download RetinaFace-ResNet50 weights from {WEIGHTS_URL}")
+    assert message.startswith(f"could not download RetinaFace-ResNet50 weights from {RESNET50.url}")
     assert "--detector-weights PATH" in message and "--detector cascade" in message
     assert "\n" not in message
 

@@ -120,16 +120,10 @@ def npy_array_problem(path: Path, dtype: np.dtype | type, shape: tuple[int, ...]
     return None
 
 
-def npy_problem(path: Path, faces: int | None = None) -> str | None:
+def npy_problem(path: Path, faces: int) -> str | None:
     """What is wrong with a shard ``.npy``, or None: the header must describe uint8
     [faces, 112, 112, 3] and the file must hold exactly those bytes (a truncated copy does
     not). Only the header is read, so checking every shard of a split is cheap."""
-    if faces is None:
-        try:
-            shape = read_npy_header(path)[0]
-        except (OSError, ValueError, EOFError):
-            shape = ()  # npy_array_problem names the reason
-        faces = shape[0] if len(shape) == 4 else -1
     return npy_array_problem(path, np.uint8, (faces, FACE_SIZE, FACE_SIZE, 3))
 
 

@@ -100,16 +100,13 @@ def detector_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def _retinaface(**kwargs: Any) -> FaceDetector:
-    from abaw_kit.faces.retinaface import RetinaFaceDetector
+def _retinaface(backbone: str) -> DetectorFactory:
+    def factory(**kwargs: Any) -> FaceDetector:
+        from abaw_kit.faces.retinaface import RetinaFaceDetector
 
-    return RetinaFaceDetector(backbone="resnet50", **kwargs)
+        return RetinaFaceDetector(backbone=backbone, **kwargs)
 
-
-def _retinaface_mobilenet(**kwargs: Any) -> FaceDetector:
-    from abaw_kit.faces.retinaface import RetinaFaceDetector
-
-    return RetinaFaceDetector(backbone="mobilenet0.25", **kwargs)
+    return factory
 
 
 def _cascade(*, weights: str | Path | None = None, device: str = "cpu",
@@ -124,8 +121,8 @@ def _cascade(*, weights: str | Path | None = None, device: str = "cpu",
     return CascadeDetector(**params)
 
 
-register_detector("retinaface-mobilenet", _retinaface_mobilenet)
-register_detector("retinaface", _retinaface)
+register_detector("retinaface-mobilenet", _retinaface("mobilenet0.25"))
+register_detector("retinaface", _retinaface("resnet50"))
 register_detector("cascade", _cascade)
 DEFAULT_DETECTOR = "retinaface-mobilenet"  # released weights of 1.7 MB, fast on a CPU
 

@@ -70,7 +70,6 @@ RESNET50 = ReleasedWeights(
     bgr=False, mean=(0.485 * 255, 0.456 * 255, 0.406 * 255),
     std=(0.229 * 255, 0.224 * 255, 0.225 * 255))
 RELEASES: dict[str, ReleasedWeights] = {r.backbone: r for r in (MOBILENET, RESNET50)}
-WEIGHTS_URL = RESNET50.url
 
 
 def _read_state_dict_file(path: Path) -> Any:
@@ -117,12 +116,12 @@ def load_retinaface_weights(weights: str | Path) -> dict[str, torch.Tensor]:
     return _as_state_dict(obj, str(path))
 
 
-def hub_cache_path(release: ReleasedWeights = RESNET50) -> Path:
+def hub_cache_path(release: ReleasedWeights) -> Path:
     """Where torch.hub keeps the downloaded weights (for messages and docs)."""
     return Path(torch.hub.get_dir()) / "checkpoints" / release.cache_name
 
 
-def download_retinaface_weights(release: ReleasedWeights = RESNET50) -> dict[str, torch.Tensor]:
+def download_retinaface_weights(release: ReleasedWeights) -> dict[str, torch.Tensor]:
     """The released weights through torch.hub's cache (downloaded once and hash-checked, then
     read offline)."""
     try:
@@ -205,7 +204,6 @@ class RetinaFaceDetector:
                  else download_retinaface_weights(self.release))
         self.net = RetinaFaceNet(backbone)
         load_into(self.net, state, source)
-        self._min_sizes = self.net.min_sizes
         # channels-last: 2.7x faster on a 2-core CPU for this depthwise network (13 vs 35 ms
         # per 640x360 frame, benchmarks/bench_prepare_video.py); the outputs are the same
         self.net.eval().to(self.device, memory_format=torch.channels_last)
@@ -219,7 +217,7 @@ class RetinaFaceDetector:
         if key not in self._priors:
             if len(self._priors) >= 8:
                 del self._priors[next(iter(self._priors))]
-            self._priors[key] = prior_boxes(height, width, self._min_sizes).to(self.device)
+            self._priors[key] = prior_boxes(height, width, self.release.backbone).to(self.device)
         return self._priors[key]
 
     def _prepare(self, images: np.ndarray) -> torch.Tensor:

@@ -157,7 +157,6 @@ class RetinaFaceNet(nn.Module):
                              f"choose one of {', '.join(ARCHITECTURES)}")
         arch = ARCHITECTURES[backbone]
         self.backbone = backbone
-        self.min_sizes = arch.min_sizes
         self.body: nn.Module = (
             MobileNetV1Quarter() if backbone == "mobilenet0.25" else
             IntermediateLayerGetter(resnet50(weights=None),
@@ -183,16 +182,14 @@ class RetinaFaceNet(nn.Module):
         return torch.cat([head(f) for head, f in zip(heads, features, strict=True)], dim=1)
 
 
-def prior_boxes(height: int, width: int,
-                min_sizes: tuple[tuple[int, int], ...] = ARCHITECTURES["resnet50"].min_sizes,
-                ) -> torch.Tensor:
+def prior_boxes(height: int, width: int, backbone: str = "resnet50") -> torch.Tensor:
     """Anchors [N,4] as (cx, cy, w, h) relative to the input size, in the heads' output order.
 
     Per stride: rows, then columns, then the two anchor sizes; feature maps are ceil(size/step),
     which is what both backbones' padded stride-2 convolutions produce for any input size.
     """
     levels = []
-    for step, sizes in zip(STEPS, min_sizes, strict=True):
+    for step, sizes in zip(STEPS, ARCHITECTURES[backbone].min_sizes, strict=True):
         rows, cols = -(-height // step), -(-width // step)
         cy, cx = torch.meshgrid((torch.arange(rows) + 0.5) * step / height,
                                 (torch.arange(cols) + 0.5) * step / width, indexing="ij")
