@@ -19,6 +19,7 @@ from rich.table import Table
 
 from abaw_kit.errors import AbawError, environment_error_message
 from abaw_kit.faces.detector import DEFAULT_DETECTOR
+from abaw_kit.ssl.registry import available_thresholds
 from abaw_kit.workspace import Workspace
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -35,6 +36,9 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:
 BatchSizeOpt = Annotated[int | None, typer.Option(
     min=1, help="Frames per batch (default: 256 on CPU; on a GPU 1024 at 112 px, fewer for "
                 "larger inputs).")]
+ModelOpt = Annotated[str, typer.Option(
+    "--model", help="frame | temporal | auto: the temporal model when the run has one "
+                    "(`abaw train-temporal`), else the frame model.")]
 DetectEveryOpt = Annotated[int, typer.Option(
     min=1, help="Detect every K frames, interpolate boxes between.")]
 DetectSizeOpt = Annotated[int | None, typer.Option(
@@ -107,7 +111,7 @@ def prepare(
     work: WorkOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False,
 ) -> None:
     """Release (organiser crops or videos) -> a training-ready face store per split."""
-    from abaw_kit.prepare import PrepareOptions, ingest_demo_unlabeled
+    from abaw_kit.prepare import PrepareOptions
     from abaw_kit.prepare import prepare as run_prepare
     from abaw_kit.workspace import SPLITS
 
@@ -115,11 +119,8 @@ def prepare(
                              splits=tuple(split) if split else SPLITS, detector=detector,
                              detector_weights=detector_weights, detect_every=detect_every,
                              detect_size=detect_size, device=device)
-    ws = Workspace.resolve(work)
-    result = run_prepare(ws, options, progress=not as_json, log=console.print)
-    if result["is_demo"]:
-        result["unlabeled"] = ingest_demo_unlabeled(ws, Path(result["data_root"]),
-                                                    progress=not as_json, log=console.print)
+    result = run_prepare(Workspace.resolve(work), options, progress=not as_json,
+                         log=console.print)
     emit(result, as_json, *_prepare_tables(result))
 
 
@@ -146,7 +147,8 @@ def inspect(
     work: WorkOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False,
 ) -> None:
     """Summarise a release: per split videos, frames, labels, faces, and every inconsistency."""
-    from abaw_kit.data.release import find_release, summarize, summary_table
+    from abaw_kit.data.release import find_release
+    from abaw_kit.data.release_report import summarize, summary_table
     from abaw_kit.prepare import resolve_data_root
 
     ws = Workspace.resolve(work)
@@ -219,9 +221,9 @@ def _parse_shard(text: str) -> tuple[int, int]:
 @user_errors
 def train(
     ssl: Annotated[str | None, typer.Option(
-        help="none | fixmatch | flexmatch | freematch | dtm.")] = None,
+        help=f"{' | '.join(available_thresholds())}.")] = None,
     config: Annotated[Path | None, typer.Option(
-        "--config", help="YAML config (default: configs/<ssl>.yaml; demo.yaml on the demo).")
+        "--config", help="YAML config (default: the bundled <ssl>.yaml; demo.yaml on the demo).")
     ] = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a config key: --set optim.lr=0.001 (repeatable).")] = None,
@@ -282,6 +284,41 @@ def embed(
     emit(result, as_json, table)
 
 
+@app.command("train-temporal")
+@user_errors
+def train_temporal(
+    run: RunOpt = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="YAML file whose temporal: section overrides the run's.")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a temporal key: --set temporal.model=tcn (repeatable).")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Training steps.")] = None,
+    seed: Annotated[int | None, typer.Option(min=0, help="Seed (temporal.seed).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run's temporal model exactly.")
+    ] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace the run's temporal model (and its evaluation records).")
+    ] = False,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda ...")] = None,
+    work: WorkOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False,
+) -> None:
+    """A sequence model over the run's frame embeddings (run `abaw embed` first)."""
+    from abaw_kit.temporal.train import resolve_temporal_config
+    from abaw_kit.temporal.train import train_temporal as run_temporal
+
+    if resume and force:
+        raise AbawError("--resume continues the temporal model and --force replaces it; "
+                        "give one")
+    ws = Workspace.resolve(work)
+    run_dir = ws.run_dir(run)
+    flags = {"temporal.steps": steps, "temporal.seed": seed, "train.device": device}
+    cfg = resolve_temporal_config(run_dir, config, set_ or [], flags, resume=resume)
+    result = run_temporal(ws, cfg, run=run_dir.name, resume=resume, force=force,
+                          progress=not as_json)
+    emit(result, as_json, kv_table("temporal model", _flat(result)))
+
+
 @app.command()
 @user_errors
 def evaluate(
@@ -301,6 +338,7 @@ def evaluate(
     ] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Overwrite an existing --write-predictions file.")] = False,
+    model: ModelOpt = "auto",
     batch_size: BatchSizeOpt = None,
     device: DeviceOpt = "auto",
     work: WorkOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False,
@@ -311,7 +349,7 @@ def evaluate(
     ws = Workspace.resolve(work)
     result = evaluate_split(ws, split=split, run=run, smooth=smooth, predictions_file=predictions,
                             write_predictions=write_predictions, force=force, device=device,
-                            batch_size=batch_size, progress=not as_json)
+                            batch_size=batch_size, progress=not as_json, model=model)
     emit(result, as_json, *evaluation_tables(result))
 
 
@@ -331,6 +369,7 @@ def submit(
     ] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Overwrite an existing --out file.")] = False,
+    model: ModelOpt = "auto",
     batch_size: BatchSizeOpt = None,
     device: DeviceOpt = "auto",
     work: WorkOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False,
@@ -344,7 +383,8 @@ def submit(
         title = f"{check} is a valid submission"
     else:
         result = make_submission(ws, run=run, out=out, smooth=smooth, force=force,
-                                 device=device, batch_size=batch_size, progress=not as_json)
+                                 device=device, batch_size=batch_size, progress=not as_json,
+                                 model=model)
         title = "submission written and validated"
     emit(result, as_json, kv_table(title, _flat(result)))
 

@@ -17,20 +17,22 @@ import re
 import types
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
 from abaw_kit.errors import AbawError
+from abaw_kit.run_dir import RunDir
 from abaw_kit.workspace import Workspace, atomic_write_text
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+CONFIG_DIR = Path(str(resources.files("abaw_kit") / "configs"))  # the bundled YAML files
 
 
 def ssl_methods() -> tuple[str, ...]:
-    """The registered pseudo-label thresholds (a new method registers itself, no edit here)."""
-    from abaw_kit.ssl import available_thresholds
+    """The SSL methods of the registry (abaw_kit/ssl/registry.py; read without torch)."""
+    from abaw_kit.ssl.registry import available_thresholds
 
     return tuple(available_thresholds())
 
@@ -38,15 +40,34 @@ def ssl_methods() -> tuple[str, ...]:
 def opt(default: Any, help: str, *,
         choices: Iterable[Any] | Callable[[], Iterable[Any]] | None = None,
         min: float | None = None, max: float | None = None,
-        min_open: bool = False, max_open: bool = False) -> Any:
-    """A config field: its default, one-line help, and the allowed values / closed-open range."""
+        min_open: bool = False, max_open: bool = False, length: int | None = None,
+        convert: Callable[[Any], Any] | None = None,
+        check: Callable[[Any], str | None] | None = None) -> Any:
+    """A config field: its default, one-line help, and the allowed values / closed-open range.
+
+    A field's own rules go here, not in the generic converter: ``length`` (a list's exact
+    length), ``convert`` (maps a raw YAML value before the type check, e.g. a bool to a name)
+    and ``check`` (the checked value -> what was expected when it is wrong, else None).
+    """
     if choices is not None and not callable(choices):
         choices = tuple(choices)
-    meta = {"help": help, "choices": choices, "min": min,
-            "max": max, "min_open": min_open, "max_open": max_open}
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "min_open": min_open,
+            "max_open": max_open, "length": length, "convert": convert, "check": check}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def _min_max(value: list[float]) -> str | None:
+    """A [min, max] range."""
+    return "[min, max] with min <= max" if value[0] > value[1] else None
+
+
+def _pretrained_flag(value: Any) -> Any:
+    """``pretrained: true / false`` (YAML or --set) reads as timm / none."""
+    if isinstance(value, bool):
+        return "timm" if value else "none"
+    return value
 
 
 @dataclass
@@ -71,12 +92,13 @@ class DataConfig:
     labelled_fraction: float = opt(1.0, "few-label protocol: keep this stratified fraction of "
                                    "the labelled train frames; the rest join the unlabelled pool",
                                    min=0.0, max=1.0, min_open=True)
-    use_unlabeled_index: bool = opt(True, "add the unlabelled index built by `abaw ingest` to the "
-                                    "unlabelled pool")
+    use_unlabelled_index: bool = opt(True, "add the unlabelled index built by `abaw ingest` to "
+                                     "the unlabelled pool")
     use_affwild_unlabelled: bool = opt(True, "add the Aff-Wild2 train frames labelled -1 (with a "
                                        "face) to the unlabelled pool")
     crop_scale: list[float] = opt([0.8, 1.0], "weak view: random-resized-crop area range "
-                                  "[min, max] (fractions of the face)", min=0.05, max=1.0)
+                                  "[min, max] (fractions of the face)", min=0.05, max=1.0,
+                                  length=2, check=_min_max)
     hflip: float = opt(0.5, "weak view: probability of a horizontal flip", min=0.0, max=1.0)
     randaugment: str = opt("rand-m9-n2-mstd0.5", "strong view: timm RandAugment spec "
                            "(rand-m<magnitude>-n<ops>...)")
@@ -92,7 +114,8 @@ class ModelConfig:
                           "resnet18 or resnet50 (hub cache, offline package, else download), "
                           "none = random, or a local .safetensors / state-dict file: timm's, "
                           "or torchvision's ImageNet weights for mobilenetv2_100 and "
-                          "resnet18/34/50/101/152")
+                          "resnet18/34/50/101/152; true / false read as timm / none",
+                          convert=_pretrained_flag)
     drop_rate: float = opt(0.0, "dropout before the classifier", min=0.0, max=1.0, max_open=True)
     drop_path_rate: float = opt(0.05, "stochastic depth (models that support it)", min=0.0,
                                 max=1.0, max_open=True)
@@ -120,12 +143,10 @@ class OptimConfig:
 class SslConfig:
     """Semi-supervised learning: pseudo-labels on strong views where the threshold allows."""
 
-    method: str = opt("dtm", "none | fixmatch | flexmatch | freematch | dtm (the Dynamic "
-                      "Threshold Module)", choices=ssl_methods)
+    method: str = opt("dtm", f"pseudo-label method: {' | '.join(ssl_methods())} (its own "
+                      "parameters go in ssl.params)", choices=ssl_methods)
     uratio: int = opt(7, "unlabelled images per labelled image in a step (mu)", min=1, max=64)
     lambda_u: float = opt(1.0, "weight of the unlabelled consistency loss", min=0.0)
-    fairness_weight: float = opt(0.001, "weight of FreeMatch's self-adaptive fairness loss "
-                                 "(freematch only)", min=0.0)
     teacher: str = opt("student", "who labels the weak views: student = the network being "
                        "trained (FixMatch), ema = its weight EMA in eval mode (mean teacher: "
                        "steadier labels, and the student skips the weak forward)",
@@ -158,9 +179,18 @@ class SslConfig:
                              "the weak views with their own batch statistics, not the joint "
                              "batch's, and updates its running statistics twice a step; "
                              "ignored with teacher ema")
-    params: dict[str, Any] = opt({}, "threshold parameters passed to the method, e.g. "
-                                 "{p_cutoff: 0.9}; unset ones keep the method's defaults; "
+    params: dict[str, Any] = opt({}, "the method's own parameters (its DEFAULTS in "
+                                 "abaw_kit/ssl/<method>.py), e.g. {p_cutoff: 0.9}, or "
+                                 "freematch's {fairness_weight: 0.001}; unset ones keep the "
+                                 "method's defaults, one the method does not have is an error; "
                                  "cleared when --ssl/--set picks another method than the file's")
+
+
+SSL_MOVED_KEYS: dict[str, Any] = {"fairness_weight": 0.001}
+"""``ssl.<key>`` keys that became method parameters (``ssl.params.<key>``), with the default
+that every config saved before the move carries, for every method. Still read: moved into
+``ssl.params`` with a deprecation warning where the method has the parameter, dropped where it
+holds that old default (it never did anything there), else an error."""
 
 
 @dataclass
@@ -202,6 +232,56 @@ class EvalConfig:
                           "(0 = all labelled val frames with a face)", min=0)
 
 
+TEMPORAL_MODELS = ("transformer", "tcn")
+TEMPORAL_POSITIONAL = ("sinusoidal", "learned", "none")
+
+
+@dataclass
+class TemporalConfig:
+    """`abaw train-temporal`: a sequence model over the run's frame embeddings (abaw embed)."""
+
+    model: str = opt("transformer", "sequence network over a window of frame embeddings",
+                     choices=TEMPORAL_MODELS)
+    window: int = opt(128, "frames per window (128 = 4.3 s at 30 fps: a few expression "
+                      "segments of one subject); clipped to the longest video", min=2, max=1024)
+    stride: int = opt(32, "frames between training window starts (each epoch also shifts "
+                      "every start by a random offset below the stride)", min=1)
+    predict_stride: int = opt(0, "frames between window starts at validation and prediction; "
+                              "overlapping outputs are averaged (0 = window / 4)", min=0)
+    width: int = opt(256, "hidden width (Transformer: model dimension; TCN: channels)", min=8,
+                     max=4096)
+    depth: int = opt(2, "Transformer layers, or TCN blocks (receptive field 2^(depth+1)-1 "
+                     "frames)", min=1, max=24)
+    heads: int = opt(4, "attention heads (transformer; must divide width)", min=1, max=64)
+    dropout: float = opt(0.3, "dropout inside the network", min=0.0, max=1.0, max_open=True)
+    input_dropout: float = opt(0.3, "dropout on the input embeddings: the frame model has "
+                               "seen the train frames, so their embeddings are cleaner than "
+                               "those of new people", min=0.0, max=1.0, max_open=True)
+    positional: str = opt("sinusoidal", "positional encoding of the transformer",
+                          choices=TEMPORAL_POSITIONAL)
+    centre: bool = opt(True, "also feed each frame's offset from the window's mean embedding "
+                       "(the window is one subject: the mean carries identity, the offset "
+                       "expression)")
+    residual: bool = opt(True, "output the frame model's own logits (its classifier on each "
+                         "embedding, frozen) plus a learned correction that starts at zero")
+    batch_size: int = opt(32, "windows per step and per process", min=1)
+    steps: int = opt(2000, "optimiser steps", min=1)
+    lr: float = opt(5e-4, "peak learning rate (AdamW, warm-up then cosine)", min=0.0,
+                    min_open=True)
+    weight_decay: float = opt(0.05, "decoupled weight decay", min=0.0)
+    warmup_steps: int = opt(100, "linear warm-up steps", min=0)
+    balance_power: float = opt(1.0, "class-weighted cross-entropy over labelled frames: weight "
+                               "count^-power (1 = balanced, 0 = off), as data.balance_power",
+                               min=0.0, max=1.0)
+    ema_decay: float = opt(0.99, "weight EMA decay; the EMA is validated and kept as best",
+                           min=0.0, max=1.0, max_open=True)
+    seed: int = opt(0, "seed of initialisation, window order and dropout", min=0)
+    eval_every: int = opt(250, "steps between validations (0 = only at the end); the best "
+                          "val macro-F1 is kept", min=0)
+    log_every: int = opt(50, "steps between rows of temporal/metrics.csv", min=1)
+    ckpt_every: int = opt(500, "steps between `last` checkpoints", min=1)
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run depends on; saved resolved as <run>/config.yaml."""
@@ -212,6 +292,7 @@ class TrainConfig:
     ssl: SslConfig = field(default_factory=SslConfig)
     train: LoopConfig = field(default_factory=LoopConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    temporal: TemporalConfig = field(default_factory=TemporalConfig)
 
 
 DEFAULTS_HEADER = """
@@ -239,6 +320,10 @@ FLAG_KEYS = {
 RESUME_MUTABLE = frozenset({"train.steps", "train.device", "train.threads", "data.num_workers",
                             "data.labelled_workers", "eval.num_workers", "eval.batch_size"})
 """Keys a resumed run may change; anything else would make the resumed run a different run."""
+
+RENAMED_KEYS: dict[str, str] = {"data.use_unlabeled_index": "data.use_unlabelled_index"}
+"""Old dotted key -> its current name. Still read (configs saved before the rename keep
+loading), with a deprecation warning; an error names the key as it was written."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,15 +360,16 @@ def resolve_train_config(work: Workspace, config: str | Path | None, overrides: 
     """What ``abaw train`` uses: picks the config file when none is given.
 
     ``resume_from`` (a run folder): start from that run's saved config, so ``--resume`` alone
-    continues the run as it was. Otherwise without ``--config``: ``demo.yaml`` when the
-    workspace was prepared from the built-in demo, else ``configs/<ssl>.yaml``.
+    continues the run as it was. Otherwise without ``--config``: the config the workspace's
+    source record names (``demo.yaml`` on the demo), else ``configs/<ssl>.yaml``.
     """
     flags = dict(flags or {})
     if resume_from is not None:
-        base = load_config(Path(resume_from) / "config.yaml")
+        base = load_config(RunDir(resume_from).config)
         return resolve_config(config, overrides, flags, base=base)
     if config is None:
-        config = "demo" if work.is_demo() else str(
+        record = work.read_source()
+        config = (record.default_config if record else None) or str(
             flags.get("ssl") or flags.get("ssl.method") or SslConfig.method)
         if not (CONFIG_DIR / f"{config}.yaml").is_file():
             config = None  # an unknown --ssl name is reported by validation below
@@ -346,8 +432,8 @@ def render_default_yaml() -> str:
         for leaf in fields(section_cls):
             value = yaml.safe_dump(getattr(section_cls(), leaf.name), default_flow_style=True)
             value = value.strip().removesuffix("...").strip()
-            lines.append(f"  {leaf.name}: {value}  # ({_type_name(_hints(section_cls)[leaf.name])}"
-                         f") {_describe(leaf)}")
+            kind = _type_name(_hints(section_cls)[leaf.name], leaf.metadata)
+            lines.append(f"  {leaf.name}: {value}  # ({kind}) {_describe(leaf)}")
     return "\n".join(lines) + "\n"
 
 
@@ -460,22 +546,46 @@ def _parse_override_value(raw: str, item: str) -> Any:
 
 
 def _set_key(cfg: TrainConfig, key: str, value: Any, *, source: str) -> None:
+    written, key = key, _current_key(key, source)
     section_name, _, leaf_name = key.partition(".")
     section_cls = _section_class(section_name)
     if section_cls is None:
         raise _unknown_key(key, source)
-    if leaf_name.startswith("params.") and section_name == "ssl":
-        _set_ssl_param(cfg.ssl, leaf_name.removeprefix("params."), value, source)
+    if section_name == "ssl" and (leaf_name.startswith("params.") or leaf_name in SSL_MOVED_KEYS):
+        _set_ssl_param(cfg.ssl, leaf_name, value, source)
         return
     leaf = {f.name: f for f in fields(section_cls)}.get(leaf_name)
     if leaf is None:
         raise _unknown_key(key, source)
     expected = _hints(section_cls)[leaf_name]
-    checked = _check_value(key, value, expected, leaf, source)
+    checked = _check_value(written, value, expected, leaf, source)
     setattr(getattr(cfg, section_name), leaf_name, checked)
 
 
-def _set_ssl_param(ssl: SslConfig, name: str, value: Any, source: str) -> None:
+def _current_key(key: str, source: str) -> str:
+    """``key`` under its current name (``RENAMED_KEYS``), warning where it was renamed."""
+    new = RENAMED_KEYS.get(key)
+    if new is None:
+        return key
+    _warn_deprecated(source, key, new)
+    return new
+
+
+def _warn_deprecated(source: str, old: str, new: str, why: str = "") -> None:
+    """The one deprecation notice of a key that still reads under an old name or place."""
+    import warnings
+
+    warnings.warn(f"{source}: '{old}' is deprecated; write it as '{new}'{why}", FutureWarning,
+                  stacklevel=4)
+
+
+def _set_ssl_param(ssl: SslConfig, leaf: str, value: Any, source: str) -> None:
+    """``ssl.params.<name>``, or a key of ``SSL_MOVED_KEYS`` (kept for ``_check_ssl_params``,
+    which knows the final method)."""
+    if leaf in SSL_MOVED_KEYS:
+        vars(ssl).setdefault("_moved", {})[leaf] = (value, source)
+        return
+    name = leaf.removeprefix("params.")
     if not name or "." in name:
         raise AbawError(f"{source}: 'ssl.params.{name}' is not a threshold parameter name")
     if not _is_param_value(value):
@@ -486,7 +596,9 @@ def _set_ssl_param(ssl: SslConfig, name: str, value: Any, source: str) -> None:
 
 def _unknown_key(key: str, source: str) -> AbawError:
     keys = all_keys()
-    leaves = {k.rpartition(".")[2]: k for k in keys}
+    leaves: dict[str, str] = {}
+    for known in keys:  # a leaf in several sections (steps, lr): the first declared
+        leaves.setdefault(known.rpartition(".")[2], known)
     leaf = key.rpartition(".")[2]
     close = [leaves[leaf]] if leaf in leaves else difflib.get_close_matches(key, keys, n=1,
                                                                              cutoff=0.6)
@@ -499,11 +611,15 @@ def _unknown_key(key: str, source: str) -> AbawError:
 
 def _check_value(key: str, value: Any, expected: Any, leaf: dataclasses.Field,
                  source: str) -> Any:
-    converted = _convert(value, expected)
-    if converted is _INVALID:
-        raise AbawError(f"{source}: '{key}' expects {_type_name(expected)}, got {value!r} "
-                        f"({type(value).__name__})")
+    """``value`` for the field: its own ``convert``, the type, ``length``, choices, range and
+    its own ``check`` (see ``opt``); anything wrong is one line naming source, key, expectation."""
     meta = leaf.metadata
+    raw = meta["convert"](value) if meta.get("convert") else value
+    converted = _convert(raw, expected)
+    length = meta.get("length")
+    if converted is _INVALID or (length is not None and len(converted) != length):
+        raise AbawError(f"{source}: '{key}' expects {_type_name(expected, meta)}, got "
+                        f"{value!r} ({_kind(value)})")
     items = converted if isinstance(converted, list) else [converted]
     choices = _choices(meta)
     if choices and converted not in choices:
@@ -514,10 +630,17 @@ def _check_value(key: str, value: Any, expected: Any, leaf: dataclasses.Field,
     for item in items:
         if isinstance(item, (int, float)) and not _in_range(item, meta):
             raise AbawError(f"{source}: '{key}' must be {_range_text(meta)}, got {item!r}")
-    if key == "data.crop_scale" and converted[0] > converted[1]:
-        raise AbawError(f"{source}: 'data.crop_scale' must be [min, max] with min <= max, "
-                        f"got {converted!r}")
+    wanted = meta["check"](converted) if meta.get("check") else None
+    if wanted:
+        raise AbawError(f"{source}: '{key}' must be {wanted}, got {converted!r}")
     return converted
+
+
+def _kind(value: Any) -> str:
+    """What a wrong value is, for messages: its type, and a list's length."""
+    if isinstance(value, (list, tuple)):
+        return f"{type(value).__name__} of {len(value)}"
+    return type(value).__name__
 
 
 _INVALID = object()
@@ -545,12 +668,10 @@ def _convert(value: Any, expected: Any) -> Any:
             return float(value)
         return _INVALID
     if expected is str:
-        if isinstance(value, bool):  # pretrained: true / false
-            return "timm" if value else "none"
         return value if isinstance(value, str) and value.strip() else _INVALID
     if origin is list:
         (item_type,) = get_args(expected)
-        if not isinstance(value, (list, tuple)) or len(value) != 2:
+        if not isinstance(value, (list, tuple)):
             return _INVALID
         items = [_convert(v, item_type) for v in value]
         return _INVALID if any(v is _INVALID for v in items) else items
@@ -593,16 +714,43 @@ def _check_consistency(cfg: TrainConfig) -> None:
     """Rules that involve more than one key."""
     if cfg.optim.min_lr > cfg.optim.lr:
         raise AbawError(f"optim.min_lr ({cfg.optim.min_lr}) is above optim.lr ({cfg.optim.lr})")
+    temporal = cfg.temporal
+    if temporal.model == "transformer" and temporal.width % temporal.heads:
+        raise AbawError(f"temporal.width ({temporal.width}) must be a multiple of "
+                        f"temporal.heads ({temporal.heads})")
+    if temporal.stride > temporal.window or temporal.predict_stride > temporal.window:
+        raise AbawError(f"temporal.stride ({temporal.stride}) and temporal.predict_stride "
+                        f"({temporal.predict_stride}) must not exceed temporal.window "
+                        f"({temporal.window}): frames between windows would get no output")
     _check_ssl_params(cfg.ssl)
 
 
 def _check_ssl_params(ssl: SslConfig) -> None:
     """Threshold parameters are validated by the method itself (unknown names, types)."""
+    _apply_moved_ssl_keys(ssl)
     if not ssl.params:
         return
     from abaw_kit.ssl import make_threshold
 
     make_threshold(ssl.method, 8, num_unlabeled=1, **ssl.params)
+
+
+def _apply_moved_ssl_keys(ssl: SslConfig) -> None:
+    """The ``SSL_MOVED_KEYS`` given as ``ssl.<key>``, now that the method is known."""
+    moved: dict[str, tuple[Any, str]] = vars(ssl).pop("_moved", {})
+    if not moved:
+        return
+    from abaw_kit.ssl.registry import parameter_owners, threshold_class
+
+    for key, (value, source) in moved.items():
+        if key in threshold_class(ssl.method).DEFAULTS:
+            _warn_deprecated(source, f"ssl.{key}", f"ssl.params.{key}",
+                             f" (a parameter of {ssl.method})")
+            ssl.params = {key: value, **ssl.params}  # an explicit ssl.params.<key> wins
+        elif value != SSL_MOVED_KEYS[key]:
+            owners = ", ".join(parameter_owners(key))
+            raise AbawError(f"{source}: 'ssl.{key}' is a parameter of {owners} only; ssl.method "
+                            f"'{ssl.method}' would ignore it (remove it, or pick {owners})")
 
 
 def _section_class(name: str) -> type | None:
@@ -614,10 +762,11 @@ def _hints(cls: type) -> dict[str, Any]:
     return get_type_hints(cls)
 
 
-def _type_name(expected: Any) -> str:
+def _type_name(expected: Any, meta: Mapping[str, Any] | None = None) -> str:
     origin = get_origin(expected)
     if origin is list:
-        return f"list of 2 {get_args(expected)[0].__name__}"
+        length = (meta or {}).get("length")
+        return f"list of {f'{length} ' if length else ''}{get_args(expected)[0].__name__}"
     if origin is dict:
         return "mapping"
     return getattr(expected, "__name__", str(expected))

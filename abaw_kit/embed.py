@@ -4,7 +4,7 @@ An embedding is the backbone's pooled feature vector before the classifier (timm
 ``forward_features`` + ``forward_head(pre_logits=True)``), computed from the run's EMA
 weights with the run's normalisation and input size, for every frame with a face.
 
-Layout of ``<run>/embeddings/<split>/`` (the folder: ``workspace.run_embeddings_dir``)::
+Layout of ``<run>/embeddings/<split>/`` (the folder: ``RunDir.embeddings``, abaw_kit.run_dir)::
 
     <shard>.npy    float16 [faces_in_video, dim], one per video of the face store, named like
                    its face shard; row i belongs to the video's i-th frame with a face
@@ -36,14 +36,8 @@ import yaml
 
 from abaw_kit.data.store import FACE_SIZE, FaceStore, npy_array_problem
 from abaw_kit.errors import AbawError
-from abaw_kit.workspace import (
-    SPLITS,
-    Workspace,
-    atomic_path,
-    atomic_write_json,
-    check_split,
-    run_embeddings_dir,
-)
+from abaw_kit.run_dir import RunDir
+from abaw_kit.workspace import SPLITS, Workspace, atomic_path, atomic_write_json, check_split
 
 if TYPE_CHECKING:
     import torch
@@ -115,7 +109,7 @@ def embed_run(work: Workspace, run: str | None = None, splits: Sequence[str] | N
     from abaw_kit.infer import load_run_model
 
     say = log or (lambda _m: None)
-    run_dir = work.run_dir(run)
+    run_dir = RunDir(work.run_dir(run))
     if splits:
         names = list(dict.fromkeys(check_split(s) for s in splits))
     else:
@@ -136,7 +130,7 @@ def embed_run(work: Workspace, run: str | None = None, splits: Sequence[str] | N
         "dim": dim, "device": str(loaded.device), "splits": {}}
     for split, store in stores.items():
         key = {**identity, "store_index_sha256": store.index_sha256(), "dim": dim}
-        result["splits"][split] = embed_split(loaded, store, run_embeddings_dir(run_dir, split),
+        result["splits"][split] = embed_split(loaded, store, run_dir.embeddings(split),
                                               key, split=split, batch_size=batch_size,
                                               force=force, progress=progress, log=say)
     return result
@@ -324,6 +318,7 @@ class VideoEmbeddings:
     """
 
     video: str
+    rows: np.ndarray  # int64 [n] rows of the face store's index
     frames: np.ndarray  # int64 [n]
     has_face: np.ndarray  # bool [n]
     labels: np.ndarray  # int64 [n], -1 where unlabelled
@@ -338,11 +333,12 @@ class EmbeddingStore:
     file, fail here with one line rather than inside training.
     """
 
-    def __init__(self, run_dir: str | Path, store: FaceStore, split: str | None = None) -> None:
-        run_dir = Path(run_dir)
+    def __init__(self, run_dir: str | Path | RunDir, store: FaceStore,
+                 split: str | None = None) -> None:
+        run_dir = RunDir(run_dir)
         self.split = check_split(split or store.split_dir.name)
         self.store, self.run = store, run_dir.name
-        self.folder = run_embeddings_dir(run_dir, self.split)
+        self.folder = run_dir.embeddings(self.split)
         redo = f"run `abaw embed --run {self.run}`"
         record = read_record(self.folder)
         if record is None:
@@ -390,31 +386,29 @@ class EmbeddingStore:
         if entry is None:
             raise KeyError(f"video {name!r} is not in split '{self.split}'")
         return VideoEmbeddings(
-            video=name, frames=self._frames[entry.rows], has_face=self._has_face[entry.rows],
-            labels=self._labels[entry.rows],
+            video=name, rows=entry.rows, frames=self._frames[entry.rows],
+            has_face=self._has_face[entry.rows], labels=self._labels[entry.rows],
             embeddings=np.load(entry.file(self.folder), mmap_mode="r"))
 
 
-def _run_identity(run_dir: Path, record: dict[str, Any], store: FaceStore) -> dict[str, Any]:
+def _run_identity(run_dir: RunDir, record: dict[str, Any], store: FaceStore
+                  ) -> dict[str, Any]:
     """The identity fields of the run as it is now, without torch: the checkpoint the record
     names must still exist with the same bytes (a resumed run rotates its step files and may
     write a new best), and config.yaml names the backbone."""
     name = str(record.get("checkpoint", ""))
-    path = run_dir / "checkpoints" / name
+    path = run_dir.checkpoints / name
     sha = file_sha256(path) if name and path.is_file() else "missing"
     return {"format": FORMAT, "run": run_dir.name, "checkpoint": name, "checkpoint_sha256": sha,
             "backbone": _config_backbone(run_dir), "store_index_sha256": store.index_sha256()}
 
 
-def _config_backbone(run_dir: Path) -> str | None:
+def _config_backbone(run_dir: RunDir) -> str | None:
     """``model.backbone`` of the run's config.yaml, read as plain YAML: ``load_config``
-    validates ``ssl.method`` against the SSL registry, which imports torch."""
-    config = run_dir / "config.yaml"
+    validates ``ssl.params`` by building the method's threshold, which imports torch."""
+    config = run_dir.require_config()
     try:
         data = yaml.safe_load(config.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AbawError(f"{run_dir} is not a training run (no config.yaml); "
-                        "pass --run NAME") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise AbawError(f"{config} cannot be read ({exc}); pass another --run") from None
     model = data.get("model") if isinstance(data, dict) else None

@@ -5,17 +5,16 @@ validation F1 was obtained: frames without a face are interpolated per video (``
 then the smoothing chosen on val (recorded in ``<run>/smoothing.json``) is applied, and only then
 the argmax is taken.
 
-Files written in a run folder::
-
-    eval_<split>.json            the full report (what --json prints)
-    smoothing.json               the choice `--smooth auto` made on val, reused by `abaw submit`
-    plots/confusion_<split>.png, plots/per_class_f1_<split>.png, plots/f1_vs_window_<split>.png
+The records (``eval_<split>.json``: the full report, what --json prints; ``smoothing.json``;
+the evaluation plots) go to the run folder for the frame model, or to ``<run>/temporal/`` for
+the temporal model (``--model temporal``, the default once `abaw train-temporal` has run), so
+each model keeps its own smoothing choice. The layout: abaw_kit.run_dir.RunDir.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from abaw_kit.data.store import FaceStore
 from abaw_kit.errors import AbawError
 from abaw_kit.metrics import frame_report, macro_f1
 from abaw_kit.plots.eval import plot_confusion, plot_f1_vs_window, plot_per_class_f1
+from abaw_kit.run_dir import ModelDir, RunDir
 from abaw_kit.smoothing import (
     SmoothSpec,
     check_fits,
@@ -37,6 +37,8 @@ from abaw_kit.smoothing import (
     groups_without_faces,
     longest_group,
     parse_spec,
+    record_smoothing,
+    recorded_smoothing,
 )
 from abaw_kit.smoothing import smooth as apply_smoothing
 from abaw_kit.workspace import Workspace, atomic_path, atomic_write_json
@@ -44,7 +46,7 @@ from abaw_kit.workspace import Workspace, atomic_path, atomic_write_json
 ProbabilityProvider = Callable[[Path, FaceStore, str], np.ndarray]
 """(run_dir, store, split) -> float [len(store.index), 8], NaN rows for frames without a face."""
 
-SMOOTHING_FILE = "smoothing.json"
+MODELS = ("auto", "frame", "temporal")
 SUBMISSION_STEM = "expr_submission"
 DEFAULT_FPS = 30.0
 """Aff-Wild2 videos are mostly 30 fps; only smoothing windows given in seconds depend on it."""
@@ -61,6 +63,42 @@ def model_probabilities(device: str = "auto", batch_size: int | None = None,
                                    progress=progress)
 
     return provide
+
+
+@dataclass(frozen=True)
+class ProbabilitySource:
+    """Where a split's probabilities come from and where their records go."""
+
+    model: str  # "frame" or "temporal"
+    provider: ProbabilityProvider
+    records: ModelDir  # the folder of eval_<split>.json, smoothing.json and plots/
+
+
+def probability_source(run_dir: Path, model: str = "auto", device: str = "auto",
+                       batch_size: int | None = None, progress: bool = False,
+                       probabilities: ProbabilityProvider | None = None) -> ProbabilitySource:
+    """``model``: frame, temporal, or auto (temporal when the run has a temporal model)."""
+    if model not in MODELS:
+        raise AbawError(f"--model {model!r}: expected one of {', '.join(MODELS)}")
+    folder = RunDir(run_dir)
+    if probabilities is not None:
+        return ProbabilitySource("frame" if model == "auto" else model, probabilities, folder
+                                 if model != "temporal" else folder.temporal)
+    if model == "auto":
+        from abaw_kit.temporal.predict import has_temporal_model
+
+        model = "temporal" if has_temporal_model(run_dir) else "frame"
+    if model == "frame":
+        return ProbabilitySource("frame", model_probabilities(device, batch_size, progress),
+                                 folder)
+
+    def provide(run: Path, store: FaceStore, split: str) -> np.ndarray:
+        from abaw_kit.temporal.predict import temporal_split_probabilities
+
+        return temporal_split_probabilities(run, store, split, device=device,
+                                            batch_size=batch_size, progress=progress)
+
+    return ProbabilitySource("temporal", provide, folder.temporal)
 
 
 def _split_probabilities(provider: ProbabilityProvider, run_dir: Path, store: FaceStore,
@@ -108,40 +146,26 @@ def output_file(work: Workspace, path: str | Path, *, force: bool, option: str) 
 # ----------------------------------------------------------------------------- smoothing choice
 
 
-def recorded_smoothing(run_dir: Path) -> SmoothSpec | None:
-    """The spec `evaluate --smooth auto` recorded in the run, or None."""
-    path = run_dir / SMOOTHING_FILE
-    if not path.is_file():
-        return None
-    try:
-        return parse_spec(json.loads(path.read_text())["spec"])
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise AbawError(f"{path}: unreadable smoothing record ({exc}); delete it and rerun "
-                        "`abaw evaluate --split val --smooth auto`") from exc
-
-
-def _choose_and_record(run_dir: Path, probs: np.ndarray, labels: np.ndarray,
+def _choose_and_record(records: ModelDir, probs: np.ndarray, labels: np.ndarray,
                        videos: pd.Series, split: str, fps: float
                        ) -> tuple[SmoothSpec, list[dict[str, Any]]]:
     spec, table = choose_smoothing(probs, labels, videos, fps=fps)
-    best = next(row["macro_f1"] for row in table if row["spec"] == str(spec))
-    atomic_write_json(run_dir / SMOOTHING_FILE, {
-        "spec": str(spec), "chosen_on": split, "fps": fps, "macro_f1": best,
-        "macro_f1_none": table[0]["macro_f1"], "table": table})
+    record_smoothing(records.smoothing, spec, table, chosen_on=split, fps=fps)
     return spec, table
 
 
-def _auto_spec(work: Workspace, run_dir: Path, provider: ProbabilityProvider,
+def _auto_spec(work: Workspace, run_dir: Path, source: ProbabilitySource,
                fps: float) -> SmoothSpec:
     """For a split other than val: the recorded choice, else choose on val now and record it."""
-    recorded = recorded_smoothing(run_dir)
+    recorded = recorded_smoothing(source.records.smoothing)
     if recorded is not None:
         return recorded
     store = FaceStore(work.store_dir("val"))
     index = store.index
-    filled, _ = _filled(_split_probabilities(provider, run_dir, store, "val"), index["video"])
-    spec, _ = _choose_and_record(run_dir, filled, index["label"].to_numpy(), index["video"],
-                                 "val", fps)
+    filled, _ = _filled(_split_probabilities(source.provider, run_dir, store, "val"),
+                        index["video"])
+    spec, _ = _choose_and_record(source.records, filled, index["label"].to_numpy(),
+                                 index["video"], "val", fps)
     return spec
 
 
@@ -154,11 +178,13 @@ def evaluate_split(work: Workspace, split: str = "val", run: str | None = None,
                    device: str = "auto", batch_size: int | None = None,
                    progress: bool = False,
                    fps: float = DEFAULT_FPS,
-                   probabilities: ProbabilityProvider | None = None) -> dict[str, Any]:
+                   probabilities: ProbabilityProvider | None = None,
+                   model: str = "auto") -> dict[str, Any]:
     """Score a split: an ABAW-format file (``predictions_file``, no model) or a run's model.
 
     With a model: F1 before and after smoothing, per class, per video; ``smooth='auto'`` picks the
-    filter on val and records it for `abaw submit`. Writes the report and plots into the run.
+    filter on val and records it for `abaw submit`. Writes the report and plots into the run
+    (``model``: see ``probability_source``; the temporal model's records go to its folder).
     ``write_predictions`` must be a new file (or ``force``) outside the data root; it and the
     smoothing window are checked before the model runs.
     """
@@ -179,8 +205,9 @@ def evaluate_split(work: Workspace, split: str = "val", run: str | None = None,
     out_file = (output_file(work, write_predictions, force=force, option="--write-predictions")
                 if write_predictions is not None else None)
     run_dir = work.run_dir(run)
-    provider = probabilities or model_probabilities(device, batch_size, progress)
-    raw = _split_probabilities(provider, run_dir, store, split)
+    source = probability_source(run_dir, model, device, batch_size, progress, probabilities)
+    records = source.records
+    raw = _split_probabilities(source.provider, run_dir, store, split)
     has_face = ~np.isnan(raw).any(axis=1)
     filled, fill_report = _filled(raw, videos)
     before = macro_f1(labels, filled.argmax(axis=1))
@@ -191,14 +218,14 @@ def evaluate_split(work: Workspace, split: str = "val", run: str | None = None,
     chosen_here = False
     if spec.kind == "auto":
         if split == "val":
-            spec, table = _choose_and_record(run_dir, filled, labels, videos, split, fps)
+            spec, table = _choose_and_record(records, filled, labels, videos, split, fps)
             chosen_here = True
         else:
-            spec = _auto_spec(work, run_dir, provider, fps)
+            spec = _auto_spec(work, run_dir, source, fps)
     preds = apply_smoothing(filled, videos, spec, fps=fps).argmax(axis=1)
     report = frame_report(labels, preds, videos)
     result: dict[str, Any] = {
-        "split": split, "run": run_dir.name, "run_dir": str(run_dir),
+        "split": split, "run": run_dir.name, "run_dir": str(run_dir), "model": source.model,
         "smoothing": str(spec),
         "smoothing_chosen_on_this_split": chosen_here,
         "macro_f1_before_smoothing": before,
@@ -209,9 +236,9 @@ def evaluate_split(work: Workspace, split: str = "val", run: str | None = None,
     if out_file is not None:
         path = sub.write_predictions(out_file, videos, index["frame"], preds)
         result["predictions_file"] = str(Path(path).resolve())
-    result["plots"] = _evaluation_plots(run_dir, split, report, table)
-    result["report_file"] = str(run_dir / f"eval_{split}.json")
-    atomic_write_json(run_dir / f"eval_{split}.json", result)
+    result["plots"] = _evaluation_plots(records, split, report, table)
+    result["report_file"] = str(records.eval_report(split))
+    atomic_write_json(records.eval_report(split), result)
     return result
 
 
@@ -220,9 +247,9 @@ def _argmax_or_zero(probs: np.ndarray) -> np.ndarray:
     return np.nan_to_num(probs, nan=0.0).argmax(axis=1)
 
 
-def _evaluation_plots(run_dir: Path, split: str, report: dict[str, Any],
+def _evaluation_plots(records: ModelDir, split: str, report: dict[str, Any],
                       table: list[dict[str, Any]]) -> dict[str, str]:
-    plots = run_dir / "plots"
+    plots = records.plots
     written = {
         "confusion": plot_confusion(report["confusion"], plots / f"confusion_{split}.png",
                                     title=f"{split}: confusion (row-normalised)"),
@@ -275,29 +302,31 @@ def load_example(work: Workspace) -> tuple[pd.DataFrame, str]:
     """
     from abaw_kit.data.release import read_example_file
 
-    source = work.source_file
-    recorded = work.read_source().get("example_file")
-    if recorded and Path(recorded).is_file():
+    record = work.read_source()
+    recorded = record.example_file if record else None
+    if recorded is not None and recorded.is_file():
         return read_example_file(recorded), str(recorded)
     test_dir = work.store_dir("test")
     if (test_dir / "index.parquet").is_file():
         index = FaceStore(test_dir).index
         return index[["video", "frame"]].reset_index(drop=True), f"{test_dir} (test face store)"
-    raise AbawError(f"no example submission known: neither {source} names an existing "
+    raise AbawError(f"no example submission known: neither {work.source_file} names an existing "
                     "example file nor is there a test face store; run `abaw prepare` on a "
                     "release with test_set_examples/")
 
 
-def _submission_spec(run_dir: Path, requested: str | SmoothSpec | None) -> SmoothSpec:
+def _submission_spec(records: ModelDir, requested: str | SmoothSpec | None,
+                     model: str) -> SmoothSpec:
     if requested is not None and parse_spec(requested).kind != "auto":
         return parse_spec(requested)
-    recorded = recorded_smoothing(run_dir)
+    recorded = recorded_smoothing(records.smoothing)
     if recorded is not None:
         return recorded
     if requested is None:
         return SmoothSpec("none")
-    raise AbawError(f"--smooth auto: run {run_dir.name} has no recorded choice "
-                    f"({run_dir / SMOOTHING_FILE}); run `abaw evaluate --split val` first")
+    raise AbawError(f"--smooth auto: the {model} model has no recorded choice "
+                    f"({records.smoothing}); run `abaw evaluate --split val --model "
+                    f"{model}` first")
 
 
 def _output_path(work: Workspace, out: str | Path | None, force: bool) -> Path:
@@ -315,21 +344,23 @@ def make_submission(work: Workspace, run: str | None = None, out: str | Path | N
                     device: str = "auto", batch_size: int | None = None,
                     progress: bool = False,
                     fps: float = DEFAULT_FPS,
-                    probabilities: ProbabilityProvider | None = None) -> dict[str, Any]:
+                    probabilities: ProbabilityProvider | None = None,
+                    model: str = "auto") -> dict[str, Any]:
     """Predict the test set, fill, smooth, align to the example, write and check the file.
 
-    ``smooth=None`` applies the run's recorded choice (`evaluate --smooth auto`), else none.
+    ``smooth=None`` applies the model's recorded choice (`evaluate --smooth auto`), else none.
     ``out=None`` writes a numbered file in ``<work>/submissions``; see ``_output_path``.
+    ``model``: frame, temporal, or auto (see ``probability_source``).
     """
     run_dir = work.run_dir(run)
     example, example_source = load_example(work)
-    spec = _submission_spec(run_dir, smooth)
+    source = probability_source(run_dir, model, device, batch_size, progress, probabilities)
+    spec = _submission_spec(source.records, smooth, source.model)
     store = FaceStore(work.store_dir("test"))
     index = store.index
     check_fits(spec, longest_group(index["video"]), fps)
     path = _output_path(work, out, force)  # before the model runs: a refusal costs nothing
-    provider = probabilities or model_probabilities(device, batch_size, progress)
-    filled, fill_report = _filled(_split_probabilities(provider, run_dir, store, "test"),
+    filled, fill_report = _filled(_split_probabilities(source.provider, run_dir, store, "test"),
                                   index["video"])
     smoothed = apply_smoothing(filled, index["video"], spec, fps=fps)
     aligned, differences = sub.align_to_example(example, index["video"], index["frame"], smoothed)
@@ -344,7 +375,8 @@ def make_submission(work: Workspace, run: str | None = None, out: str | Path | N
         summary["demo_test_macro_f1"] = demo_score
     not_listed = sorted(set(index["video"].unique()) - set(example["video"].unique()))
     return {
-        **summary, "run": run_dir.name, "smoothing": str(spec), "example": example_source,
+        **summary, "run": run_dir.name, "model": source.model, "smoothing": str(spec),
+        "example": example_source,
         **fill_report,
         "frames_filled_from_edge": int(sum(d["filled"] for d in differences)),
         "frames_dropped_beyond_example": int(sum(d["dropped"] for d in differences)),
@@ -354,13 +386,12 @@ def make_submission(work: Workspace, run: str | None = None, out: str | Path | N
 
 
 def _demo_test_f1(work: Workspace, example: pd.DataFrame, labels: np.ndarray) -> float | None:
-    """On the built-in demo only, whose test labels are known: the submission's macro-F1."""
-    if not work.is_demo():  # lenient: a damaged record just means no demo score
+    """Where the release's hidden test labels are known (the demo's): the submission's
+    macro-F1; else None."""
+    record = work.read_source()
+    truth_file = record.test_labels_file if record else None
+    if truth_file is None or not truth_file.is_file():
         return None
-    root = work.data_root()
-    if root is None or not (root / "demo_test_labels.txt").is_file():
-        return None
-    truth_file = root / "demo_test_labels.txt"
     truth = sub.read_predictions(truth_file).rename(columns={"label": "truth"})
     merged = example[["video", "frame"]].assign(pred=labels).merge(
         truth, on=["video", "frame"], how="inner")
@@ -381,7 +412,7 @@ def evaluation_tables(result: dict[str, Any], worst_videos: int = 5) -> list[Tab
     summary = Table(title=f"evaluation of split {result['split']}", show_header=False)
     summary.add_column("what", style="bold")
     summary.add_column("value")
-    for key in ("run", "predictions_file", "smoothing", "macro_f1_before_smoothing",
+    for key in ("run", "model", "predictions_file", "smoothing", "macro_f1_before_smoothing",
                 "macro_f1", "accuracy", "n_frames", "frames_filled", "report_file"):
         if result.get(key) is not None:
             value = result[key]

@@ -4,7 +4,8 @@
 (DataLoader workers read uint8 faces; resizing and normalisation run on the device), so memory
 stays bounded for a million frames. Validation during training calls it on the EMA weights;
 ``split_probabilities`` (what ``abaw evaluate`` / ``abaw submit`` use) calls it on a whole split
-and caches the result per (checkpoint, face store), so trying another smoothing is instant.
+and caches the result in the run's ``cache/`` per (checkpoint, face store), so trying another
+smoothing is instant: a cached split does not even load the model.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ from abaw_kit.data.store import FaceStore
 from abaw_kit.errors import AbawError
 from abaw_kit.metrics import macro_f1
 from abaw_kit.progress import progress_bar
-from abaw_kit.train.checkpoint import read_weights, split_weights, weights_file
+from abaw_kit.run_dir import RunDir
+from abaw_kit.train.checkpoint import read_weights, split_weights, usable_weights
 from abaw_kit.train.distributed import resolve_device
-from abaw_kit.train.gpu import device_amp_dtype
+from abaw_kit.train.gpu import device_amp_dtype, model_memory_format, use_channels_last
 from abaw_kit.train.model import Normalizer, create_model
 from abaw_kit.workspace import atomic_path, atomic_write_json
 
@@ -49,16 +51,13 @@ class LoadedModel:
     note: str = ""
 
 
-def load_run_model(run_dir: Path, *, device: str = "auto", which: str = "best") -> LoadedModel:
+def load_run_model(run_dir: Path | RunDir, *, device: str = "auto",
+                   which: str = "best") -> LoadedModel:
     """The EMA weights of ``best`` (falls back to ``last`` when no validation ran) or ``last``."""
-    run_dir = Path(run_dir)
-    cfg = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
-    if cfg is None:
-        raise AbawError(f"{run_dir} is not a training run (no config.yaml); pass --run NAME")
-    ckpt_dir, note = run_dir / "checkpoints", ""
-    if which == "best" and not (ckpt_dir / "best.safetensors").is_file():
-        which, note = "last", "no best checkpoint (no validation ran): using the last one"
-    path = weights_file(ckpt_dir, which)
+    run = RunDir(run_dir)
+    cfg = load_config(run.require_config())
+    path, used = usable_weights(run.checkpoints, which)
+    note = "no best checkpoint (no validation ran): using the last one" if used != which else ""
     tensors, meta = read_weights(path)
     chosen = resolve_device(device)
     model, _ = create_model(cfg.model, pretrained="none")
@@ -67,16 +66,15 @@ def load_run_model(run_dir: Path, *, device: str = "auto", which: str = "best") 
         model.load_state_dict(ema_state)
     except RuntimeError as exc:
         raise AbawError(f"{path} does not match model.backbone '{cfg.model.backbone}' of "
-                        f"{run_dir / 'config.yaml'} ({str(exc).splitlines()[0]})") from None
-    channels_last = chosen.type == "cuda" and cfg.train.channels_last
-    model = model.to(chosen, memory_format=torch.channels_last if channels_last else
-                     torch.preserve_format).eval()
+                        f"{run.config} ({str(exc).splitlines()[0]})") from None
+    channels_last = use_channels_last(cfg.train.channels_last, chosen)
+    model = model.to(chosen, memory_format=model_memory_format(channels_last)).eval()
     normalize = Normalizer(meta["mean"], meta["std"], int(meta["input_size"]), chosen,
                            channels_last)
     if chosen.type == "cuda":  # fixed batch shapes: autotuned convolutions pay off at once
         torch.backends.cudnn.benchmark = not cfg.train.deterministic
     amp = device_amp_dtype(cfg.train.amp, chosen)
-    return LoadedModel(model, normalize, chosen, cfg, path, which, int(meta["step"]), amp, note)
+    return LoadedModel(model, normalize, chosen, cfg, path, used, int(meta["step"]), amp, note)
 
 
 def predict_faces(loaded: LoadedModel, faces: np.ndarray,
@@ -242,17 +240,22 @@ def macro_f1_of(store: FaceStore, rows: np.ndarray, probs: np.ndarray) -> float:
     return macro_f1(labels, probs.argmax(axis=1))
 
 
-def split_probabilities(run_dir: Path, store: FaceStore, split: str, *, device: str = "auto",
-                        batch_size: int | None = None, progress: bool = False,
-                        which: str = "best") -> np.ndarray:
-    """float32 [len(store.index), 8]; NaN rows for frames without a face. Cached in the run."""
-    run_dir = Path(run_dir)
-    loaded = load_run_model(run_dir, device=device, which=which)
-    cache = ProbabilityCache(run_dir / "cache", split)
-    key = cache_key(loaded.checkpoint, store)
+def split_probabilities(run_dir: Path | RunDir, store: FaceStore, split: str, *,
+                        device: str = "auto", batch_size: int | None = None,
+                        progress: bool = False, which: str = "best") -> np.ndarray:
+    """float32 [len(store.index), 8]; NaN rows for frames without a face. Cached in the run;
+    the cache is looked at before the model loads (its key needs only the checkpoint file)."""
+    run = RunDir(run_dir)
+    run.require_config()
+    checkpoint, _ = usable_weights(run.checkpoints, which)  # what load_run_model would load
+    cache = ProbabilityCache(run.cache, split)
+    key = cache_key(checkpoint, store)
     cached = cache.get(key, len(store.index))
     if cached is not None:
         return cached
+    loaded = load_run_model(run, device=device, which=which)
+    if loaded.checkpoint != checkpoint:  # a new best appeared meanwhile
+        key = cache_key(loaded.checkpoint, store)
     probs = np.full((len(store.index), NUM_CLASSES), np.nan, dtype=np.float32)
     rows = store.rows(labelled=None, with_face=True)
     probs[rows] = predict_rows(loaded.model, loaded.normalize, store, rows,

@@ -14,11 +14,12 @@ import pandas as pd
 
 from abaw_kit.classes import CLASS_NAMES, NUM_CLASSES
 from abaw_kit.errors import AbawError
-from abaw_kit.evaluate import output_file, recorded_smoothing
+from abaw_kit.evaluate import output_file
 from abaw_kit.faces.detector import DEFAULT_DETECTOR
 from abaw_kit.plots.eval import plot_timeline
 from abaw_kit.progress import progress_bar
-from abaw_kit.smoothing import fill_missing, fit_to, parse_spec
+from abaw_kit.run_dir import RunDir
+from abaw_kit.smoothing import fill_missing, fit_to, parse_spec, recorded_smoothing
 from abaw_kit.smoothing import smooth as apply_smoothing
 from abaw_kit.workspace import Workspace, atomic_path
 
@@ -104,8 +105,9 @@ def predict_videos(work: Workspace, videos: list[Path], *, run: str | None = Non
     outputs = [(output_file(work, out_dir / f"{name}.csv", force=force, option="--out-dir"),
                 output_file(work, out_dir / f"{name}.png", force=force, option="--out-dir"))
                for name in output_names(videos)]
-    run_dir = work.run_dir(run)
-    spec = parse_spec(smooth) if smooth else (recorded_smoothing(run_dir) or parse_spec("none"))
+    run_dir = RunDir(work.run_dir(run))
+    spec = parse_spec(smooth) if smooth else (recorded_smoothing(run_dir.smoothing)
+                                              or parse_spec("none"))
     if spec.kind == "auto":
         raise AbawError("--smooth auto needs labels; run `abaw evaluate --split val --smooth auto` "
                         "first (predict then reuses its choice) or give a filter such as mean:15")

@@ -3,7 +3,9 @@
 Crops path: index every annotated frame, decode its jpg (a thread pool: PIL releases the GIL while
 decoding), pack it into the store. Video path: decode, detect, track, align (abaw_kit.faces).
 Either way each video is written atomically, so a rerun after a crash skips finished videos, and
-nothing is ever written into the data root.
+nothing is ever written into the data root. The workspace's ``source.json`` (``SourceRecord``)
+records the release; what it implies (the demo's unlabelled faces) `prepare` does too, so the
+CLI and the Python API prepare the same workspace.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from abaw_kit.data.store import FACE_SIZE, FaceStoreWriter, shard_names
 from abaw_kit.errors import AbawError
 from abaw_kit.faces.detector import DEFAULT_DETECTOR
 from abaw_kit.progress import progress_bar
-from abaw_kit.workspace import SPLITS, Workspace, atomic_write_json, check_split
+from abaw_kit.workspace import SPLITS, SourceRecord, Workspace, check_split
 
 SOURCES = ("auto", "crops", "video")
 
@@ -79,10 +81,11 @@ def resolve_data_root(work: Workspace, data_root: Path | None,
                       progress: bool = False) -> tuple[Path, bool]:
     """The release to prepare: ``--data-root``, else ``$ABAW_DATA``, else the built-in demo.
 
-    The flag says whether it is a demo release (also one given by path), which turns on the
-    demo conveniences: ingesting its unlabelled faces and training with ``configs/demo.yaml``.
+    The flag says whether it is a demo release (also one given by path); the workspace's
+    ``SourceRecord`` keeps it and says what it implies.
     """
-    from abaw_kit.data.demo import generate_demo, is_demo
+    from abaw_kit.demo import is_demo
+    from abaw_kit.demo.generate import generate_demo
 
     chosen = data_root or (Path(os.environ["ABAW_DATA"]) if os.environ.get("ABAW_DATA") else None)
     if chosen is not None:
@@ -168,7 +171,8 @@ def choose_source(release: Release, requested: str) -> str:
 
 def prepare(work: Workspace, options: PrepareOptions, *, progress: bool = False,
             log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    """Prepare every requested split; returns the summary the CLI prints (and --json dumps)."""
+    """Prepare every requested split, and ingest the unlabelled faces the release comes with
+    (the demo's); returns the summary the CLI prints (and --json dumps)."""
     for split in options.splits:  # before the demo is generated or anything is written
         check_split(split)
     work.ensure()
@@ -178,11 +182,9 @@ def prepare(work: Workspace, options: PrepareOptions, *, progress: bool = False,
     release = find_release(root)
     source = choose_source(release, options.source)
     example = release.example
-    atomic_write_json(work.source_file, {
-        "data_root": str(root), "is_demo": is_demo, "source": source,
-        "example_file": str(release.example_file) if release.example_file else None,
-        "test_list": str(release.test_list) if release.test_list else None,
-    })
+    record = SourceRecord(data_root=root, is_demo=is_demo, source=source,
+                          example_file=release.example_file, test_list=release.test_list)
+    record.write(work.source_file)
     extractor = VideoExtractor(release, options) if source == "video" else None
     reports: dict[str, Any] = {}
     for split in options.splits:
@@ -194,8 +196,12 @@ def prepare(work: Workspace, options: PrepareOptions, *, progress: bool = False,
             continue
         reports[split] = prepare_split(work, release, split, videos, source, example,
                                        options, extractor, progress).as_dict()
-    return {"data_root": str(root), "is_demo": is_demo, "source": source,
-            "workspace": str(work.root), "splits": reports}
+    result = {"data_root": str(root), "is_demo": is_demo, "source": source,
+              "workspace": str(work.root), "splits": reports}
+    if record.unlabeled_sources:
+        result["unlabeled"] = ingest_unlabeled_sources(work, record.unlabeled_sources,
+                                                       progress=progress, log=log)
+    return result
 
 
 def prepare_split(work: Workspace, release: Release, split: str, videos: list[AnnotatedVideo],
@@ -296,9 +302,11 @@ class VideoExtractor:
         return out
 
 
-def ingest_demo_unlabeled(work: Workspace, demo_root: Path, *, progress: bool = False,
-                          log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    """On the demo only: ingest its unlabelled faces too, so `abaw train --ssl dtm` just works."""
+def ingest_unlabeled_sources(work: Workspace, sources: Iterable[Path], *,
+                             progress: bool = False,
+                             log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """The unlabelled faces a release comes with (``SourceRecord.unlabeled_sources``: the
+    demo's) into the workspace's unlabelled index, once, so `abaw train --ssl dtm` just works."""
     from abaw_kit.unlabeled.index import UnlabeledIndex
     from abaw_kit.unlabeled.ingest import ingest
 
@@ -306,11 +314,12 @@ def ingest_demo_unlabeled(work: Workspace, demo_root: Path, *, progress: bool = 
     if index.is_file():
         try:
             UnlabeledIndex(work.unlabeled_dir)  # done means readable, not merely present
-            return {"note": f"demo unlabelled faces already ingested in {work.unlabeled_dir}"}
+            return {"note": f"the release's unlabelled faces are already ingested in "
+                            f"{work.unlabeled_dir}"}
         except AbawError as exc:
-            log(f"demo data: the unlabelled index is unusable ({exc}); ingesting it again")
+            log(f"the unlabelled index is unusable ({exc}); ingesting it again")
             index.unlink(missing_ok=True)  # else the merge would keep the damaged file
-    sources = [demo_root / "unlabeled" / "folder", demo_root / "unlabeled" / "recordio"]
-    log(f"demo data: also ingesting its unlabelled faces ({demo_root / 'unlabeled'}) "
+    sources = list(sources)
+    log(f"also ingesting the release's unlabelled faces ({', '.join(map(str, sources))}) "
         f"into {work.unlabeled_dir}")
     return ingest(sources, work.unlabeled_dir, progress=progress)

@@ -9,7 +9,9 @@ groups) and never across a boundary between groups:
 2. ``smooth``: a mean, median or Gaussian filter along the frame axis (scipy.ndimage, boundary
    mode 'nearest'). Expressions change slowly, so this is worth about +0.04 macro F1 on Aff-Wild2.
 
-``choose_smoothing`` picks the filter and window that maximise macro F1 on a labelled split.
+``choose_smoothing`` picks the filter and window that maximise macro F1 on a labelled split;
+``record_smoothing`` / ``recorded_smoothing`` write and read that choice (the file: a model
+folder's ``smoothing.json``, abaw_kit.run_dir), so `submit` and `predict` reuse it.
 A window (or sigma) longer than the longest video is an error (``check_fits``), not clamped.
 Rows of a group are taken in the order they appear (the face store lists frames in order); groups
 need not be contiguous.
@@ -17,9 +19,11 @@ need not be contiguous.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +33,7 @@ from scipy import ndimage
 from abaw_kit.classes import NUM_CLASSES
 from abaw_kit.errors import AbawError
 from abaw_kit.metrics import macro_f1
+from abaw_kit.workspace import atomic_write_json
 
 FILTER_KINDS = ("mean", "median", "gauss")
 SPEC_HELP = "none | auto | mean:W | median:W | gauss:SIGMA (W, SIGMA in frames, or seconds as 0.5s)"
@@ -273,3 +278,23 @@ def choose_smoothing(probs: Any, labels: Any, groups: Any,
         if score > best_f1:
             best_spec, best_f1 = spec, score
     return best_spec, table
+
+
+def record_smoothing(path: Path, spec: SmoothSpec, table: list[dict[str, Any]], *,
+                     chosen_on: str, fps: float) -> None:
+    """Write the choice ``choose_smoothing`` made (``spec``, from its ``table``) to ``path``."""
+    best = next(row["macro_f1"] for row in table if row["spec"] == str(spec))
+    atomic_write_json(path, {
+        "spec": str(spec), "chosen_on": chosen_on, "fps": fps, "macro_f1": best,
+        "macro_f1_none": table[0]["macro_f1"], "table": table})
+
+
+def recorded_smoothing(path: Path) -> SmoothSpec | None:
+    """The spec ``record_smoothing`` wrote to ``path`` (`evaluate --smooth auto`), or None."""
+    if not path.is_file():
+        return None
+    try:
+        return parse_spec(json.loads(path.read_text())["spec"])
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise AbawError(f"{path}: unreadable smoothing record ({exc}); delete it and rerun "
+                        "`abaw evaluate --split val --smooth auto`") from exc

@@ -5,8 +5,7 @@ Layout of a workspace (default ``./abaw-work``, ``--work`` or ``ABAW_WORK``)::
     demo-data/            the built-in synthetic release (generated on first use)
     faces/<split>/        the face store of one split (see abaw_kit.data.store)
     unlabeled/            the unlabelled index built by ``abaw ingest``
-    runs/<name>/          one training run (config, metrics, checkpoints, plots; embeddings:
-                          ``run_embeddings_dir``)
+    runs/<name>/          one training run (its files: abaw_kit.run_dir.RunDir)
     runs/LATEST           name of the most recent run
 """
 
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from abaw_kit import demo
 from abaw_kit.errors import AbawError
 
 DEFAULT_WORKSPACE = "abaw-work"
@@ -48,12 +48,6 @@ def check_split(split: str) -> str:
     if split not in SPLITS:
         raise AbawError(f"unknown split '{split}': expected one of {', '.join(SPLITS)}")
     return split
-
-
-def run_embeddings_dir(run_dir: str | Path, split: str) -> Path:
-    """``<run>/embeddings/<split>/``: the per-frame embeddings ``abaw embed`` writes (the files
-    inside: abaw_kit.embed)."""
-    return Path(run_dir) / "embeddings" / check_split(split)
 
 
 @dataclass(frozen=True)
@@ -100,38 +94,29 @@ class Workspace:
         """Records which data root `prepare` used, so later commands find the same release."""
         return self.root / "source.json"
 
-    def read_source(self) -> dict[str, Any]:
-        """``source.json`` as `prepare` wrote it (data_root, is_demo, source, example_file);
-        empty before `prepare`; a damaged file is a clear error."""
-        path = self.source_file
-        if not path.is_file():
-            return {}
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise AbawError(f"{path}: not valid JSON ({exc}); rerun `abaw prepare`") from exc
-        if not isinstance(record, dict):
-            raise AbawError(f"{path}: expected a JSON object; rerun `abaw prepare`")
-        return record
+    def read_source(self) -> SourceRecord | None:
+        """The record `prepare` wrote, or None before `prepare`; a damaged one is an error
+        (the one way reading it fails: see ``SourceRecord.read``)."""
+        return SourceRecord.read(self.source_file)
 
     def data_root(self) -> Path | None:
         """The release folder `prepare` read, or None before `prepare`."""
-        recorded = self.read_source().get("data_root")
-        return Path(recorded).expanduser().resolve() if recorded else None
+        record = self.read_source()
+        return record.data_root if record else None
 
     def is_demo(self) -> bool:
-        """Whether `prepare` used the built-in demo (False when unknown or unreadable)."""
-        try:
-            return bool(self.read_source().get("is_demo"))
-        except AbawError:
-            return False
+        """Whether `prepare` used a demo release (False before `prepare`)."""
+        record = self.read_source()
+        return record is not None and record.is_demo
 
     def run_path(self, name: str) -> Path:
         """Where run ``name`` lives (it may not exist yet); the name is checked first."""
         return safe_join(self.runs_dir, check_run_name(name))
 
     def run_dir(self, name: str | None = None) -> Path:
-        """The folder of run ``name``; without a name, the latest run (clear error if none)."""
+        """The folder of run ``name``; without a name, the latest run (clear error if none).
+
+        A plain path, as every command's API takes it; ``RunDir(path)`` names its files."""
         if name:
             path = self.run_path(name)
             if not path.is_dir():
@@ -154,6 +139,81 @@ class Workspace:
 
     def set_latest_run(self, name: str) -> None:
         atomic_write_text(self.runs_dir / "LATEST", check_run_name(name) + "\n")
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """Which release `prepare` read, kept in ``source.json`` so later commands find it again.
+
+    ``prepare`` writes it (``write``); everything else reads it through
+    ``Workspace.read_source``. The properties say what a demo release implies, so no caller asks
+    "is this the demo?" itself; on any other release they are empty.
+    """
+
+    data_root: Path
+    is_demo: bool = False
+    source: str | None = None  # what the faces were made from: "crops" or "video"
+    example_file: Path | None = None  # the release's example submission (test frames)
+    test_list: Path | None = None  # the release's list of test videos
+
+    @property
+    def default_config(self) -> str | None:
+        """The bundled config `abaw train` uses without ``--config`` (None: the ``--ssl`` one)."""
+        return demo.DEMO_CONFIG if self.is_demo else None
+
+    @property
+    def unlabeled_sources(self) -> tuple[Path, ...]:
+        """Unlabelled faces `prepare` ingests along with the release (the demo's own)."""
+        return demo.unlabeled_sources(self.data_root) if self.is_demo else ()
+
+    @property
+    def test_labels_file(self) -> Path | None:
+        """Hidden test labels a submission can be scored on (only the demo has them)."""
+        return self.data_root / demo.TEST_LABELS_FILE if self.is_demo else None
+
+    @property
+    def unlabeled_labels_file(self) -> Path | None:
+        """The true class of each unlabelled face (only the demo has them)."""
+        return self.data_root / demo.UNLABELED_LABELS_FILE if self.is_demo else None
+
+    def write(self, path: str | Path) -> None:
+        """Write the record (atomically) in the JSON layout every version has used."""
+        atomic_write_json(path, {
+            "data_root": str(self.data_root), "is_demo": self.is_demo, "source": self.source,
+            "example_file": str(self.example_file) if self.example_file else None,
+            "test_list": str(self.test_list) if self.test_list else None,
+        })
+
+    @classmethod
+    def read(cls, path: str | Path) -> SourceRecord | None:
+        """The record in ``path``, or None when there is none (the workspace is not prepared).
+
+        Anything else that keeps it from being a record (unreadable, not JSON, a missing
+        ``data_root``, a field of the wrong type) is one error: the file and `abaw prepare`."""
+        path = Path(path)
+        if not path.is_file():
+            return None
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise _damaged_record(path, f"not readable JSON: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise _damaged_record(path, "expected a JSON object")
+        if not isinstance(raw.get("data_root"), str) or not raw["data_root"]:
+            raise _damaged_record(path, "no data_root")
+        if not isinstance(raw.get("is_demo", False), bool):
+            raise _damaged_record(path, "is_demo is not true or false")
+        for key in ("source", "example_file", "test_list"):
+            if raw.get(key) is not None and not isinstance(raw[key], str):
+                raise _damaged_record(path, f"{key} is not a string")
+        return cls(data_root=Path(raw["data_root"]).expanduser().resolve(),
+                   is_demo=raw.get("is_demo", False), source=raw.get("source"),
+                   example_file=Path(raw["example_file"]) if raw.get("example_file") else None,
+                   test_list=Path(raw["test_list"]) if raw.get("test_list") else None)
+
+
+def _damaged_record(path: Path, problem: str) -> AbawError:
+    return AbawError(f"{path} is damaged ({problem}); rerun `abaw prepare` to write it again")
 
 
 @contextlib.contextmanager

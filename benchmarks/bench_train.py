@@ -32,10 +32,11 @@ from PIL import Image
 from abaw_kit.config import resolve_config
 from abaw_kit.data.store import FaceStore, FaceStoreWriter
 from abaw_kit.infer import load_run_model, predict_faces, split_probabilities
+from abaw_kit.run_dir import RunDir
 from abaw_kit.train.data import build_training_data, labelled_workers, training_loaders
 from abaw_kit.train.distributed import init_distributed
 from abaw_kit.train.loop import optimizer_step, train_step
-from abaw_kit.train.run import TrainingRun, batch_stream, train
+from abaw_kit.train.run import TrainingRun, batch_stream, train, uses_unlabelled
 from abaw_kit.workspace import Workspace
 
 
@@ -89,12 +90,12 @@ def bench_training(work: Workspace, args: argparse.Namespace) -> float:
     run_dir.mkdir(parents=True, exist_ok=True)
     session = TrainingRun(work, cfg, run_dir, init_distributed("cpu"), progress=False,
                           log=lambda _m: None)
-    session.build(build_training_data(work, cfg, with_unlabelled=args.ssl != "none"))
+    session.build(build_training_data(work, cfg, with_unlabelled=uses_unlabelled(cfg)))
     loaders = training_loaders(session.data, cfg, start=0, rank=0, world_size=1,
                                pin_memory=False)
     stream = batch_stream(*(iter(x) if x is not None else None for x in loaders))
     fixed = next(stream)
-    per_step = cfg.data.batch_size * (1 if args.ssl == "none" else 1 + 2 * cfg.ssl.uratio)
+    per_step = cfg.data.batch_size * (1 + 2 * cfg.ssl.uratio if uses_unlabelled(cfg) else 1)
     time_steps(session, lambda: next(stream), args.warmup, 0)  # workers up, caches warm
     real: list[float] = []
     bound: list[float] = []
@@ -128,7 +129,7 @@ def bench_inference(work: Workspace, args: argparse.Namespace) -> float:
     predict_faces(loaded, faces[: args.infer_batch], args.infer_batch)  # warm-up
     real, bound = [], []
     for _ in range(args.rounds):  # pairs close in time: each ratio sees the same machine load
-        shutil.rmtree(run_dir / "cache", ignore_errors=True)
+        shutil.rmtree(RunDir(run_dir).cache, ignore_errors=True)
         begin = time.perf_counter()
         split_probabilities(run_dir, store, "train", device="cpu", batch_size=args.infer_batch)
         real.append(len(rows) / (time.perf_counter() - begin))

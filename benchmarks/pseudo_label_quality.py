@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from abaw_kit import demo
 from abaw_kit.classes import CLASS_NAMES
-from abaw_kit.data import demo
 from abaw_kit.data.store import FaceStore
 from abaw_kit.infer import load_run_model, predict_faces, predict_rows
 from abaw_kit.train.data import few_label_subset

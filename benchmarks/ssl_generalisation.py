@@ -31,11 +31,11 @@ import numpy as np
 
 from abaw_kit import submission as sub
 from abaw_kit.config import resolve_train_config
-from abaw_kit.data.demo import TEST_LABELS_FILE
 from abaw_kit.data.store import FaceStore
+from abaw_kit.demo import TEST_LABELS_FILE
 from abaw_kit.infer import load_run_model, predict_rows
 from abaw_kit.metrics import macro_f1
-from abaw_kit.prepare import PrepareOptions, ingest_demo_unlabeled, prepare
+from abaw_kit.prepare import PrepareOptions, prepare
 from abaw_kit.train.run import train
 from abaw_kit.workspace import Workspace
 
@@ -82,12 +82,11 @@ def main() -> None:
 
 
 def ensure_demo_workspace(work: Workspace) -> Path:
-    """Prepare the demo (train, val, test) and ingest its unlabelled faces once."""
-    if not (work.store_dir("test") / "index.parquet").is_file():
+    """Prepare the demo (train, val, test) once; `prepare` ingests its unlabelled faces too."""
+    if not all((folder / "index.parquet").is_file()
+               for folder in (work.store_dir("test"), work.unlabeled_dir)):
         prepare(work, PrepareOptions(splits=("train", "val", "test")))
-    root = work.data_root()
-    ingest_demo_unlabeled(work, root)
-    return root
+    return work.data_root()
 
 
 class SplitScorer:

@@ -162,7 +162,8 @@ def test_train_config_choice_follows_ssl_flag_and_demo_workspace(tmp_path: Path)
     assert resolve_train_config(work, None, [], {"ssl": "flexmatch"}).ssl.method == "flexmatch"
     assert resolve_train_config(work, None, [], {}).ssl.method == "dtm"
     work.root.mkdir()
-    work.source_file.write_text(json.dumps({"is_demo": True}))
+    work.source_file.write_text(json.dumps({"data_root": str(tmp_path / "demo-data"),
+                                            "is_demo": True}))
     demo = resolve_train_config(work, None, [], {"ssl": "none"})
     assert demo.model.backbone == resolve_config("demo", []).model.backbone
     assert demo.ssl.method == "none" and demo.ssl.params == {}  # dtm params left with dtm
@@ -175,3 +176,74 @@ def test_resume_config_starts_from_the_saved_run(tmp_path: Path) -> None:
     cfg = resolve_train_config(Workspace(tmp_path), None, ["train.steps=200"], {},
                                resume_from=run_dir)
     assert cfg.train.steps == 200 and cfg.optim.lr == 0.01
+
+
+def test_moved_ssl_key_still_reads_with_a_deprecation_warning(tmp_path: Path) -> None:
+    with pytest.warns(FutureWarning, match=r"'ssl.fairness_weight' is deprecated; write it as "
+                                           r"'ssl.params.fairness_weight'"):
+        cfg = resolve_config(None, ["ssl.fairness_weight=0.01"], {"ssl": "freematch"})
+    assert cfg.ssl.params == {"fairness_weight": 0.01}
+    assert resolve_config("freematch", []).ssl.params == {"fairness_weight": 0.001}
+    # configs saved before the move carry the old default under every method: it did nothing
+    old = write(tmp_path / "old.yaml", "ssl:\n  method: dtm\n  fairness_weight: 0.001\n")
+    assert load_config(old) == TrainConfig()
+    bad = write(tmp_path / "bad.yaml", "ssl:\n  method: dtm\n  fairness_weight: 0.01\n")
+    with pytest.raises(AbawError, match=r"bad.yaml line 3: 'ssl.fairness_weight' is a "
+                                        r"parameter of freematch only; ssl.method 'dtm' would "
+                                        r"ignore it"):
+        load_config(bad)
+    with pytest.raises(AbawError, match=r"unknown parameter 'fairness_weight'.*freematch"):
+        resolve_config(None, ["ssl.params.fairness_weight=0.01"])
+
+
+def test_a_bool_is_not_a_string_except_for_pretrained(tmp_path: Path) -> None:
+    with pytest.raises(AbawError, match=r"--set data.randaugment=true: 'data.randaugment' expects "
+                                        r"str, got True \(bool\)"):
+        resolve_config(None, ["data.randaugment=true"])
+    path = write(tmp_path / "c.yaml", "train:\n  amp: off\n")  # YAML 1.1 reads off as false
+    with pytest.raises(AbawError, match=rf"{re.escape(str(path))} line 2: 'train.amp' expects "
+                                        r"str, got False \(bool\)"):
+        resolve_config(path, [])
+    # model.pretrained's own rule: true / false (YAML or --set) read as timm / none
+    assert resolve_config(None, ["model.pretrained=true"]).model.pretrained == "timm"
+    assert resolve_config(None, ["model.pretrained=false"]).model.pretrained == "none"
+    off = write(tmp_path / "p.yaml", "model:\n  pretrained: false\n")
+    assert load_config(off).model.pretrained == "none"
+    assert resolve_config(None, [], {"pretrained": "imagenet"}).model.pretrained == "imagenet"
+
+
+def test_a_list_of_the_wrong_length_names_the_expected_length(tmp_path: Path) -> None:
+    with pytest.raises(AbawError, match=r"--set data.crop_scale=\[0.5, 0.7, 0.9\]: "
+                                        r"'data.crop_scale' expects list of 2 float, got "
+                                        r"\[0.5, 0.7, 0.9\] \(list of 3\)"):
+        resolve_config(None, ["data.crop_scale=[0.5, 0.7, 0.9]"])
+    path = write(tmp_path / "c.yaml", "data:\n  crop_scale: [0.5]\n")
+    with pytest.raises(AbawError, match=rf"{re.escape(str(path))} line 2: 'data.crop_scale' "
+                                        r"expects list of 2 float"):
+        resolve_config(path, [])
+    with pytest.raises(AbawError, match=r"--set data.crop_scale=\[0.9, 0.5\]: 'data.crop_scale' "
+                                        r"must be \[min, max\] with min <= max"):
+        resolve_config(None, ["data.crop_scale=[0.9, 0.5]"])
+
+
+def test_renamed_key_still_reads_with_a_deprecation_warning(tmp_path: Path) -> None:
+    assert resolve_config(None, ["data.use_unlabelled_index=false"]).data.use_unlabelled_index \
+        is False
+    with pytest.warns(FutureWarning, match=r"--set data.use_unlabeled_index=false: "
+                                           r"'data.use_unlabeled_index' is deprecated; write it "
+                                           r"as 'data.use_unlabelled_index'"):
+        cfg = resolve_config(None, ["data.use_unlabeled_index=false"])
+    assert cfg.data.use_unlabelled_index is False
+    # a run saved before the rename still loads (and resumes) as it was
+    saved = config_to_dict(TrainConfig())
+    saved["data"] = {("use_unlabeled_index" if k == "use_unlabelled_index" else k): v
+                     for k, v in saved["data"].items()}
+    saved["data"]["use_unlabeled_index"] = False
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    write(run_dir / "config.yaml", yaml.safe_dump(saved, sort_keys=False))
+    with pytest.warns(FutureWarning, match=r"config.yaml line \d+: 'data.use_unlabeled_index' "
+                                           r"is deprecated"):
+        resumed = resolve_train_config(Workspace(tmp_path), None, [], {}, resume_from=run_dir)
+    assert resumed.data.use_unlabelled_index is False
+    assert "use_unlabeled_index" not in save_config(resumed, tmp_path / "new.yaml").read_text()

@@ -15,8 +15,9 @@ import pytest
 from PIL import Image
 
 from abaw_kit.classes import ANNOTATION_HEADER, NUM_CLASSES, SUBMISSION_HEADER
-from abaw_kit.data import demo
-from abaw_kit.data.demo import demo_counts, generate_demo, is_demo, read_demo_info
+from abaw_kit.demo import generate as demo
+from abaw_kit.demo import is_demo
+from abaw_kit.demo.generate import demo_counts, generate_demo, read_demo_info
 from abaw_kit.errors import AbawError
 from abaw_kit.unlabeled.recordio import iter_recordio, read_image_at
 

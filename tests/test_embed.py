@@ -21,9 +21,10 @@ from abaw_kit.data.store import FaceStore, FaceStoreWriter
 from abaw_kit.embed import RECORD, EmbeddingStore, embed_run, read_record
 from abaw_kit.errors import AbawError
 from abaw_kit.infer import load_run_model
+from abaw_kit.run_dir import RunDir
 from abaw_kit.train.checkpoint import read_weights, save_best
 from abaw_kit.train.run import train
-from abaw_kit.workspace import Workspace, atomic_write_json, run_embeddings_dir
+from abaw_kit.workspace import Workspace, atomic_write_json
 
 DIM = 256  # test_byobnet's pooled features
 
@@ -45,7 +46,7 @@ def work(trained_root: Path, tmp_path: Path) -> Workspace:
 
 def files_of(work: Workspace, split: str) -> dict[str, tuple[int, int]]:
     """name -> (inode, mtime_ns) of a split's embedding files."""
-    folder = run_embeddings_dir(work.runs_dir / "run", split)
+    folder = RunDir(work.runs_dir / "run").embeddings(split)
     return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.glob("*.npy")}
 
 
@@ -66,7 +67,7 @@ def test_one_float16_file_per_video_equal_to_the_pooled_features(
     run_dir = work.runs_dir / "run"
     for split in ("train", "val"):
         store = FaceStore(work.store_dir(split))
-        folder = run_embeddings_dir(run_dir, split)
+        folder = RunDir(run_dir).embeddings(split)
         videos = list(store.index["video"].unique())
         assert sorted(p.stem for p in folder.glob("*.npy")) == sorted(videos)
         report = result["splits"][split]
@@ -89,7 +90,7 @@ def test_one_float16_file_per_video_equal_to_the_pooled_features(
 def test_a_rerun_skips_done_videos_and_a_killed_one_resumes(work: Workspace) -> None:
     embed_run(work, "run", ["train"], device="cpu")
     before = files_of(work, "train")
-    folder = run_embeddings_dir(work.runs_dir / "run", "train")
+    folder = RunDir(work.runs_dir / "run").embeddings("train")
     record_mtime = (folder / RECORD).stat().st_mtime_ns
     again = embed_run(work, "run", ["train"], device="cpu")["splits"]["train"]
     assert again["videos_skipped_done"] == 3 and again["frames_embedded"] == 0
@@ -114,15 +115,15 @@ def test_a_rerun_skips_done_videos_and_a_killed_one_resumes(work: Workspace) -> 
 
 def test_another_checkpoint_is_refused_by_the_reader_and_rewritten_by_embed(
         work: Workspace) -> None:
-    run_dir = work.runs_dir / "run"
+    run_dir = RunDir(work.runs_dir / "run")
     embed_run(work, "run", ["val"], device="cpu")
     old = np.array(EmbeddingStore.open(work, "val", "run").video("v").embeddings)
-    old_sha = read_record(run_embeddings_dir(run_dir, "val"))["checkpoint_sha256"]
-    tensors, meta = read_weights(run_dir / "checkpoints" / "best.safetensors")
+    old_sha = read_record(run_dir.embeddings("val"))["checkpoint_sha256"]
+    tensors, meta = read_weights(run_dir.best)
     torch.manual_seed(0)
     changed = {k: v + 0.05 * torch.randn_like(v) if k.startswith("ema.") and v.is_floating_point()
                else v for k, v in tensors.items()}
-    save_best(run_dir / "checkpoints", changed, meta)  # e.g. a resumed run found a new best
+    save_best(run_dir.checkpoints, changed, meta)  # e.g. a resumed run found a new best
     with pytest.raises(AbawError) as refused:
         EmbeddingStore.open(work, "val", "run")
     message = str(refused.value)
@@ -142,11 +143,11 @@ def test_embeddings_of_another_run_backbone_or_store_are_refused_naming_both(
     shutil.copytree(work.runs_dir / "run", copy)
     with pytest.raises(AbawError, match=r"run 'run' \(embeddings\) vs 'copy' \(now\)"):
         EmbeddingStore.open(work, "val", "copy")
-    config = work.runs_dir / "run" / "config.yaml"
+    config = RunDir(work.runs_dir / "run").config
     config.write_text(config.read_text().replace("test_byobnet", "resnet18"))
     with pytest.raises(AbawError, match=r"backbone 'test_byobnet' \(embeddings\) vs 'resnet18'"):
         EmbeddingStore.open(work, "val", "run")
-    shutil.copy(copy / "config.yaml", config)
+    shutil.copy(RunDir(copy).config, config)
     build_store(tmp_path / "faces" / "val", {"v": 50}, seed=9)  # same video, other frames
     with pytest.raises(AbawError, match="face-store index sha256"):
         EmbeddingStore(work.runs_dir / "run", FaceStore(tmp_path / "faces" / "val"))
@@ -159,7 +160,7 @@ def test_missing_or_damaged_embeddings_are_one_line_errors(work: Workspace) -> N
     assert "no embeddings of split 'val' for run 'run'" in str(missing.value)
     assert str(missing.value).endswith("run `abaw embed --run run` first")
     embed_run(work, "run", ["val"], device="cpu")
-    path = run_embeddings_dir(work.runs_dir / "run", "val") / "v.npy"
+    path = RunDir(work.runs_dir / "run").embeddings("val") / "v.npy"
     path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(AbawError, match=r"v\.npy \(video v\) has \d+ bytes, expected"):
         EmbeddingStore.open(work, "val", "run")

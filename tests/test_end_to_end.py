@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from abaw_kit.data.demo import generate_demo
 from abaw_kit.data.release import read_example_file
+from abaw_kit.demo.generate import generate_demo
 
 
 def abaw(*args, work):
@@ -25,6 +25,7 @@ def demo_root(tmp_path_factory):
     return generate_demo(tmp_path_factory.mktemp("demo") / "release", scale=0.2)
 
 
+@pytest.mark.slow
 def test_prepare_train_evaluate_submit(demo_root, tmp_path):
     work = tmp_path / "work"
     prepared = abaw("prepare", "--data-root", str(demo_root), work=work)

@@ -21,7 +21,14 @@ from abaw_kit.config import TrainConfig, resolve_config
 from abaw_kit.data.store import FaceStore
 from abaw_kit.errors import AbawError
 from abaw_kit.train import checkpoint as ckpt
-from abaw_kit.train.gpu import amp_dtype, determinism, device_amp_dtype, precision_note
+from abaw_kit.train.gpu import (
+    amp_dtype,
+    determinism,
+    device_amp_dtype,
+    model_memory_format,
+    precision_note,
+    use_channels_last,
+)
 from abaw_kit.train.model import Normalizer
 from abaw_kit.train.run import _seed_everything
 
@@ -69,6 +76,13 @@ def test_device_amp_asks_the_device_for_its_capability(monkeypatch: pytest.Monke
     assert device_amp_dtype("auto", CUDA0) == torch.float16
     assert asked == [CUDA0]
     assert device_amp_dtype("auto", torch.device("cpu")) is None and asked == [CUDA0]
+
+
+def test_channels_last_is_a_cuda_only_choice() -> None:
+    assert use_channels_last(True, CUDA0) and not use_channels_last(False, CUDA0)
+    assert not use_channels_last(True, torch.device("cpu"))
+    assert model_memory_format(True) == torch.channels_last
+    assert model_memory_format(False) == torch.preserve_format
 
 
 def test_precision_notes_name_the_choice_and_warn_about_emulated_bf16() -> None:

@@ -19,6 +19,7 @@ from abaw_kit.infer import (
     split_probabilities,
     validation_rows,
 )
+from abaw_kit.run_dir import RunDir
 from abaw_kit.train.run import train
 from abaw_kit.workspace import Workspace
 
@@ -47,6 +48,22 @@ def test_split_probabilities_shape_nan_rows_and_cache(trained, monkeypatch) -> N
     monkeypatch.setattr(infer, "predict_rows", must_not_run)
     again = split_probabilities(run_dir, store, "val", device="cpu", batch_size=64)
     np.testing.assert_array_equal(again, probs)
+
+
+def test_a_cached_split_does_not_load_the_model(trained, monkeypatch) -> None:
+    """Re-scoring with another smoothing reads the cache; only a miss loads the model."""
+    work, run_dir, _ = trained
+    store = FaceStore(work.store_dir("val"))
+    probs = split_probabilities(run_dir, store, "val", device="cpu")
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded although the cache matches")
+
+    monkeypatch.setattr(infer, "load_run_model", must_not_load)
+    np.testing.assert_array_equal(split_probabilities(run_dir, store, "val", device="cpu"),
+                                  probs)
+    with pytest.raises(AssertionError, match="was loaded"):  # another checkpoint: a miss
+        split_probabilities(run_dir, store, "val", device="cpu", which="last")
 
 
 def test_cache_misses_when_the_store_changes(trained, tmp_path: Path) -> None:
@@ -90,7 +107,7 @@ def test_pretrained_path_initialises_a_new_model_from_a_run(trained, tmp_path: P
     from abaw_kit.train.model import create_model
 
     _, run_dir, _ = trained
-    source = run_dir / "checkpoints" / "best.safetensors"
+    source = RunDir(run_dir).best
     cfg = ModelConfig(backbone="test_byobnet", pretrained=str(source))
     model, report = create_model(cfg)
     reference = load_run_model(run_dir, device="cpu").model.state_dict()

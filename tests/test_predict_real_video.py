@@ -29,6 +29,8 @@ FACE_NOFACE = SHARED / "data" / "real_faces" / "face_noface.mov"
 FACE_FRAMES = 72  # face_noface.mov: frames 1-72 show a face, 73-169 a cartoon without one
 SLACK = 2  # frames of tolerance at the face / no-face boundary
 
+pytestmark = pytest.mark.slow  # a tiny training run, then detection on two real videos
+
 _absent = [p for p in (WEIGHTS, SINGLE_FACE, FACE_NOFACE) if not p.is_file()]
 if _absent:
     pytest.skip(f"shared test media or weights absent: {', '.join(map(str, _absent))}",

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pandas as pd
+import pytest
 from fake_release import write_crop
 
 from abaw_kit.classes import ANNOTATION_HEADER
@@ -34,6 +35,7 @@ def prepare_cmd(root, work):
             "--work", str(work), "--split", "train", "--json"]
 
 
+@pytest.mark.slow
 def test_killed_prepare_resumes_to_the_same_store(tmp_path):
     root = many_video_release(tmp_path / "release")
     subprocess.run(prepare_cmd(root, tmp_path / "clean"), check=True, capture_output=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from skimage import data
 from skimage.transform import SimilarityTransform, warp
 
@@ -43,6 +44,7 @@ def build_video_release(root):
     return root
 
 
+@pytest.mark.slow
 def test_video_path_finds_faces_and_reports_bad_videos(tmp_path):
     root = build_video_release(tmp_path / "release")
     work = Workspace(tmp_path / "work")

@@ -19,9 +19,8 @@ from abaw_kit.data.release import (
     read_test_list,
     scan_crop_folder,
     split_subject,
-    summarize,
-    summary_table,
 )
+from abaw_kit.data.release_report import summarize, summary_table
 from abaw_kit.errors import AbawError
 
 EDITIONS = {

@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from abaw_kit import workspace as workspace_mod
 from abaw_kit.cli import app
 from abaw_kit.errors import AbawError
-from abaw_kit.train.checkpoint import POINTER, load_checkpoint
+from abaw_kit.run_dir import RunDir
+from abaw_kit.train.checkpoint import load_checkpoint
 from abaw_kit.train.run import train
 from abaw_kit.workspace import Workspace, atomic_write_text
 
@@ -34,7 +35,7 @@ def cli(*args: str) -> tuple[int, list[str]]:
 
 
 def checkpoint_files(run_dir: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted((run_dir / "checkpoints").iterdir())}
+    return {p.name: p.read_bytes() for p in sorted(RunDir(run_dir).checkpoints.iterdir())}
 
 
 # --- run names and splits are names, not paths ----------------------------------------------
@@ -83,17 +84,18 @@ def test_a_latest_pointer_naming_a_path_is_refused(work: Workspace) -> None:
 
 # --- resume never restarts a run over its own results --------------------------------------
 
+@pytest.mark.slow
 def test_resume_without_the_pointer_continues_from_the_newest_checkpoint(work: Workspace) -> None:
     cfg = tiny_config(ssl="dtm")
     train(work, cfg, run_name="whole", progress=False)
     train(work, cfg, run_name="split", progress=False, stop_after=5)
-    (work.runs_dir / "split" / "checkpoints" / POINTER).unlink()
+    RunDir(work.runs_dir / "split").pointer.unlink()
     resumed = train(work, None, run_name="split", resume=True, progress=False)
     assert resumed["completed"]
-    log = (work.runs_dir / "split" / "train.log").read_text()
+    log = RunDir(work.runs_dir / "split").log.read_text()
     assert "was missing: resuming from the newest complete checkpoint (step 4)" in log
-    whole = load_checkpoint(work.runs_dir / "whole" / "checkpoints")
-    split = load_checkpoint(work.runs_dir / "split" / "checkpoints")
+    whole = load_checkpoint(RunDir(work.runs_dir / "whole").checkpoints)
+    split = load_checkpoint(RunDir(work.runs_dir / "split").checkpoints)
     assert whole is not None and split is not None
     for key, tensor in whole[0].items():  # bit-identical: it continued, it did not restart
         assert torch.equal(tensor, split[0][key]), key
@@ -102,21 +104,21 @@ def test_resume_without_the_pointer_continues_from_the_newest_checkpoint(work: W
 def test_resume_of_a_finished_run_without_the_pointer_keeps_its_checkpoint(
         work: Workspace) -> None:
     train(work, tiny_config(ssl="none"), run_name="done", progress=False)
-    ckpt_dir = work.runs_dir / "done" / "checkpoints"
-    (ckpt_dir / POINTER).unlink()
+    pointer = RunDir(work.runs_dir / "done").pointer
+    pointer.unlink()
     final = checkpoint_files(work.runs_dir / "done")
     summary = train(work, None, run_name="done", resume=True, progress=False)
     assert summary["completed"] and summary["steps"] == 6
     assert {k: v for k, v in checkpoint_files(work.runs_dir / "done").items()
-            if k != POINTER} == final
+            if k != pointer.name} == final
 
 
 def test_checkpoint_files_that_do_not_load_without_a_pointer_are_an_error(
         work: Workspace) -> None:
     train(work, tiny_config(ssl="none"), run_name="r", progress=False, stop_after=3)
-    ckpt_dir = work.runs_dir / "r" / "checkpoints"
-    (ckpt_dir / POINTER).unlink()
-    state = ckpt_dir / "step-00000002.state.pt"
+    run_dir = RunDir(work.runs_dir / "r")
+    run_dir.pointer.unlink()
+    state = run_dir.checkpoints / "step-00000002.state.pt"
     state.write_bytes(state.read_bytes()[:100])
     with pytest.raises(AbawError, match="no complete pair loads.*refusing to restart"):
         train(work, None, run_name="r", resume=True, progress=False)
@@ -125,7 +127,7 @@ def test_checkpoint_files_that_do_not_load_without_a_pointer_are_an_error(
 
 def test_a_checkpoint_state_without_rng_is_a_clear_error(work: Workspace) -> None:
     train(work, tiny_config(ssl="none"), run_name="r", progress=False, stop_after=3)
-    path = work.runs_dir / "r" / "checkpoints" / "step-00000002.state.pt"
+    path = RunDir(work.runs_dir / "r").checkpoints / "step-00000002.state.pt"
     state = torch.load(path, weights_only=True)
     del state["rng"]
     torch.save(state, path)
@@ -135,11 +137,11 @@ def test_a_checkpoint_state_without_rng_is_a_clear_error(work: Workspace) -> Non
 
 def test_resume_with_fewer_steps_than_done_keeps_the_saved_config(work: Workspace) -> None:
     train(work, tiny_config(ssl="none"), run_name="r", progress=False, stop_after=5)
-    config = (work.runs_dir / "r" / "config.yaml").read_bytes()
+    config = RunDir(work.runs_dir / "r").config.read_bytes()
     shorter = tiny_config("train.steps=2", ssl="none")
     with pytest.raises(AbawError, match="trained 4 steps already.*--steps 4 or more"):
         train(work, shorter, run_name="r", resume=True, progress=False)
-    assert (work.runs_dir / "r" / "config.yaml").read_bytes() == config
+    assert RunDir(work.runs_dir / "r").config.read_bytes() == config
 
 
 def test_a_failed_start_leaves_no_run_folder_behind(tmp_path: Path, work: Workspace) -> None:

@@ -365,3 +365,47 @@ def test_flexmatch_with_mostly_repeated_indices_matches_reference(warmup: bool) 
     th = make_threshold("flexmatch", 5, num_unlabeled=6, p_cutoff=0.7, thresh_warmup=warmup)
     assert _run(th, batches) == _reference_flexmatch(batches, 5, 6, 0.7, warmup)
     assert torch.equal(th._counts, torch.bincount(th.selected_label + 1, minlength=6))
+
+
+def test_a_methods_own_loss_terms_and_parameters_live_with_the_method() -> None:
+    generator = torch.Generator().manual_seed(11)
+    probs = torch.softmax(torch.randn(6, 4, generator=generator) * 3, dim=1)
+    logits = torch.randn(6, 4, generator=generator).requires_grad_(True)
+    free = make_threshold("freematch", 4, momentum=0.5)
+    mask = free.mask(probs)
+    terms = free.extra_loss(logits, mask, probs)
+    assert list(terms) == ["fair_loss"] and terms["fair_loss"].weight == 0.001
+    expected = freematch_fairness_loss(logits, mask, free.p_model, free.label_hist)
+    assert torch.equal(terms["fair_loss"].value, expected)
+    assert make_threshold("freematch", 4, fairness_weight=0).extra_loss(logits, mask, probs) == {}
+    for name in available_thresholds():  # DTM builds on FreeMatch's threshold, not its loss
+        if name != "freematch":
+            th = make_threshold(name, 4, num_unlabeled=6)
+            assert th.extra_loss(logits, mask, probs) == {}, name
+    assert make_threshold("dtm", 4).accepted_share() is not None
+    assert make_threshold("fixmatch", 4).accepted_share() is None
+    assert [n for n in available_thresholds() if not THRESHOLDS[n].uses_unlabelled] == ["none"]
+
+
+def test_a_parameter_the_method_would_ignore_is_rejected_naming_key_and_method() -> None:
+    with pytest.raises(AbawError, match=r"threshold 'dtm': unknown parameter 'fairness_weight' "
+                                        r".*a parameter of freematch, which 'dtm' would ignore"):
+        make_threshold("dtm", 8, fairness_weight=0.01)
+    with pytest.raises(AbawError, match="fairness_weight must be >= 0"):
+        make_threshold("freematch", 8, fairness_weight=-1.0)
+
+
+def test_method_names_come_from_the_registry_without_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, typer.main\nfrom abaw_kit import cli, config\n"
+            "assert 'torch' not in sys.modules\n"
+            "train = typer.main.get_command(cli.app).commands['train']\n"
+            "print([p.help for p in train.params if p.name == 'ssl'][0])\n"
+            "print(config.ssl_methods())\nassert 'torch' not in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    help_text, names = done.stdout.splitlines()
+    assert help_text == " | ".join(available_thresholds()) + "."
+    assert names == str(tuple(available_thresholds()))

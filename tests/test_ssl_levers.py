@@ -144,3 +144,26 @@ def test_the_oracle_trains_on_the_known_classes_and_needs_them() -> None:
     logs = train_step(state, batch, 0)["logs"]
     assert logs["pseudo_checked"].item() == 7 and logs["pseudo_correct"].item() == 7
     assert logs["unsup_loss"].item() > 0  # every known image counts, thresholds or not
+
+
+def test_the_loop_adds_a_methods_own_terms_at_their_weight() -> None:
+    from abaw_kit.ssl import FixedThreshold, LossTerm
+
+    class WithExtra(FixedThreshold):  # a method with a loss term of its own (not registered)
+        def extra_loss(self, strong_logits, mask, weak_probs):
+            return {"extra_loss": LossTerm(strong_logits.float().pow(2).mean(), 0.25)}
+
+    state, batch = _lever_state(["ssl.params.p_cutoff=0.01"], method="fixmatch")
+    plain = train_step(state, batch, 0)  # FixMatch keeps no state: the same step twice
+    state.threshold = WithExtra(8, p_cutoff=0.01)
+    extra = train_step(state, batch, 0)
+    value = extra["logs"]["extra_loss"]
+    assert "extra_loss" not in plain["logs"] and value > 0
+    assert extra["loss"].item() == pytest.approx(plain["loss"].item() + 0.25 * value.item())
+
+
+def test_none_goes_through_the_interface_and_forwards_no_unlabelled_views() -> None:
+    state, batch = _lever_state([], method="none")
+    out = train_step(state, batch, 5)
+    assert state.model.rows == [4]  # labelled rows only, although the batch has weak views
+    assert set(out["logs"]) == {"sup_loss", "loss"}

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from abaw_kit.temporal.models import ARCHITECTURES, make_temporal_model
+from abaw_kit.config import TEMPORAL_MODELS as ARCHITECTURES
+from abaw_kit.temporal.models import WindowCentred, make_temporal_model
 from abaw_kit.temporal.windows import gather_window, plan_windows, stitch, window_labels
 
 
@@ -87,3 +88,29 @@ def test_transformer_refuses_a_window_longer_than_its_positions() -> None:
     with pytest.raises(ValueError, match="unknown temporal model 'lstm'"):
         make_temporal_model("lstm", 8, width=16, depth=1, heads=2, dropout=0.0, max_len=10,
                             positional="none")
+
+
+def test_window_centring_feeds_offsets_from_the_mean_of_the_faces_only() -> None:
+    seen: list[torch.Tensor] = []
+
+    class Record(torch.nn.Module):
+        def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            seen.append(x)
+            return x
+
+    x = torch.randn(2, 5, 3)
+    mask = torch.tensor([[True, True, False, True, False], [False] * 5])
+    x[~mask] = 0.0  # masked frames are zero inputs (gather_window)
+    WindowCentred(Record())(x + 0.0, mask)
+    given = seen[0]
+    assert given.shape == (2, 5, 6) and torch.equal(given[..., :3], x)
+    offsets = given[..., 3:]
+    face_mean = x[0, mask[0]].mean(0)
+    torch.testing.assert_close(offsets[0, mask[0]], x[0, mask[0]] - face_mean)
+    assert not offsets[~mask].any()  # masked frames and an all-masked window stay zero
+    shifted = torch.where(mask[..., None], x + torch.tensor([5.0, -2.0, 1.0]), x)
+    WindowCentred(Record())(shifted, mask)  # the same person in other light: same offsets
+    torch.testing.assert_close(seen[1][..., 3:], offsets)
+    model = make_temporal_model("tcn", 3, width=8, depth=1, heads=1, dropout=0.0, max_len=5,
+                                positional="none", centre=True)
+    assert model(x, mask).shape == (2, 5, 8)

@@ -15,6 +15,7 @@ import abaw_kit.train.data as train_data
 from abaw_kit.config import TrainConfig, load_config, resolve_config
 from abaw_kit.data.store import FaceStore, FaceStoreWriter
 from abaw_kit.errors import AbawError
+from abaw_kit.run_dir import ModelDir, RunDir
 from abaw_kit.train.checkpoint import load_checkpoint
 from abaw_kit.train.run import train
 from abaw_kit.workspace import Workspace
@@ -71,9 +72,9 @@ def use_fake_unlabeled(monkeypatch: pytest.MonkeyPatch | None = None, count: int
         return FakeUnlabeledIndex(count)
 
     if monkeypatch is None:
-        train_data.open_unlabeled_index = fake
+        train_data.open_unlabelled_index = fake
     else:
-        monkeypatch.setattr(train_data, "open_unlabeled_index", fake)
+        monkeypatch.setattr(train_data, "open_unlabelled_index", fake)
 
 
 TINY = ["model.backbone=test_byobnet", "model.pretrained=none", "data.input_size=32",
@@ -86,8 +87,9 @@ def tiny_config(*overrides: str, ssl: str = "dtm") -> TrainConfig:
     return resolve_config(None, [*TINY, *overrides], {"ssl": ssl})
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, str]]:
-    with (run_dir / "metrics.csv").open(newline="") as handle:
+def read_metrics(model_dir: Path | ModelDir) -> list[dict[str, str]]:
+    """The metrics.csv rows of a run, or of its temporal model."""
+    with ModelDir(model_dir).metrics.open(newline="") as handle:
         return list(csv.DictReader(handle))
 
 
@@ -145,7 +147,7 @@ def summary_unlabelled_store_frames(work: Workspace) -> int:
 
 def test_flexmatch_with_few_labels_and_workers(work: Workspace) -> None:
     cfg = tiny_config("data.labelled_fraction=0.5", "data.num_workers=1",
-                      "data.use_unlabeled_index=false", "train.steps=3", ssl="flexmatch")
+                      "data.use_unlabelled_index=false", "train.steps=3", ssl="flexmatch")
     summary = train(work, cfg, run_name="flex", progress=False)
     assert summary["completed"]
     # every class present in train keeps at least one labelled frame; the rest became unlabelled
@@ -212,7 +214,7 @@ def test_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(work: Workspa
                       "train.steps=40", "train.ckpt_every=1", "eval.every=0", ssl=ssl)
     with pytest.raises(AbawError, match=r"diverged at step \d+.*last good checkpoint"):
         train(work, cfg, run_name="nan", progress=False)
-    tensors, state = load_checkpoint(work.runs_dir / "nan" / "checkpoints")
+    tensors, state = load_checkpoint(RunDir(work.runs_dir / "nan").checkpoints)
     assert all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())
     assert 1 <= state["step"] < 40
 

@@ -87,6 +87,7 @@ def test_training_skips_broken_images_met_in_workers_and_reports_them(tmp_path: 
     assert note.startswith(f"skipped {len(BROKEN)} unlabelled image(s)") and "03.jpg" in note
 
 
+@pytest.mark.slow
 def test_a_user_error_in_a_loader_worker_is_one_line_on_the_console(tmp_path: Path) -> None:
     work = make_workspace(tmp_path / "work")
     folder = ingest_with_broken_images(work)
@@ -103,6 +104,7 @@ def test_a_user_error_in_a_loader_worker_is_one_line_on_the_console(tmp_path: Pa
     assert "05.jpg" in lines[0] and "cannot be read" in lines[0]
 
 
+@pytest.mark.slow
 def test_a_resumed_run_meets_the_same_replacements_and_ends_identical(tmp_path: Path) -> None:
     work = make_workspace(tmp_path / "work")
     ingest_with_broken_images(work)

@@ -15,6 +15,7 @@ from test_train import (
 )
 
 from abaw_kit.errors import AbawError
+from abaw_kit.run_dir import RunDir
 from abaw_kit.train.checkpoint import load_checkpoint
 from abaw_kit.train.run import train
 from abaw_kit.workspace import Workspace
@@ -27,11 +28,12 @@ def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
 
 
 def final_state(work: Workspace, run: str) -> tuple[dict, dict]:
-    loaded = load_checkpoint(work.runs_dir / run / "checkpoints")
+    loaded = load_checkpoint(RunDir(work.runs_dir / run).checkpoints)
     assert loaded is not None
     return loaded
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("ssl", "workers", "extra"), [
     ("dtm", 0, ()), ("flexmatch", 1, ()),
     # mean teacher, supervised warm-up + ramp and negative learning resume exactly too
@@ -80,7 +82,7 @@ def test_resume_with_another_config_is_refused(work: Workspace) -> None:
                                     "last.json"])
 def test_corrupt_checkpoint_on_resume_is_a_clear_error(work: Workspace, victim: str) -> None:
     train(work, tiny_config(ssl="none"), run_name="c", progress=False, stop_after=3)
-    path = work.runs_dir / "c" / "checkpoints" / victim
+    path = RunDir(work.runs_dir / "c").checkpoints / victim
     path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
     with pytest.raises(AbawError, match="corrupt"):
         train(work, None, run_name="c", resume=True, progress=False)

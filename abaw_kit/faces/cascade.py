@@ -11,13 +11,17 @@ for real landmarks. There is no confidence either: every kept detection scores 1
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 from PIL import Image
 from skimage import data as skimage_data
 from skimage.feature import Cascade
 
+from abaw_kit.errors import AbawError
 from abaw_kit.faces.align import ARCFACE_TEMPLATE_112
-from abaw_kit.faces.detector import Detections, box_overlaps, check_images
+from abaw_kit.faces.base import Detections, box_overlaps, check_images
 
 # Box widths per template width, and the box point (relative x, y) under the template centre.
 LANDMARK_SCALE = 1.3
@@ -92,3 +96,14 @@ class CascadeDetector:
 
     def detect(self, images: np.ndarray) -> list[Detections]:
         return [self._detect_one(image) for image in check_images(images)]
+
+
+def build_cascade(*, weights: str | Path | None = None, device: str = "cpu",
+                  max_size: int | None = None, **params: Any) -> CascadeDetector:
+    """The registry's factory (``--detector cascade``): no weights, always on the CPU."""
+    if max_size is not None:  # the one size option every backend takes
+        params["max_side"] = max_size
+    if weights is not None:
+        raise AbawError(f"the cascade detector has no weights to load (got {weights}); "
+                        "use --detector retinaface-mobilenet or retinaface to load weights")
+    return CascadeDetector(**params)

@@ -1,89 +1,33 @@
-"""The face detector interface, the registry of backends and the one factory ``make_detector``.
+"""The registry of face detector backends and the one factory ``make_detector``.
 
-Backends are imported lazily so that ``--detector cascade`` never builds a torch network and a
-new backend is one module plus one ``register_detector`` line.
+A backend is a module that imports ``faces/base.py`` only and offers a factory
+``build(*, weights, device, **params)``; the factory, not the detector's constructor, reads or
+downloads the weights. Backends are imported lazily, so that ``--detector cascade`` never builds
+a torch network, and a new backend is one module plus one ``register_detector`` line below.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
-
-import numpy as np
+from typing import Any
 
 from abaw_kit.errors import AbawError
+from abaw_kit.faces.base import (
+    LANDMARK_NAMES,
+    Detections,
+    FaceDetector,
+    box_iou,
+    box_overlaps,
+    check_images,
+)
 
-LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth")
-
-
-@dataclass
-class Detections:
-    """The faces found in one image, best score first; coordinates in that image's pixels.
-
-    "left" means the image's left (the subject's right), as in the ArcFace template.
-    """
-
-    boxes: np.ndarray  # [n,4] float32 x1,y1,x2,y2
-    scores: np.ndarray  # [n] float32
-    landmarks: np.ndarray  # [n,5,2] float32, order of LANDMARK_NAMES
-
-    def __post_init__(self) -> None:
-        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
-        self.scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
-        self.landmarks = np.asarray(self.landmarks, dtype=np.float32).reshape(-1, 5, 2)
-        if not (len(self.boxes) == len(self.scores) == len(self.landmarks)):
-            raise ValueError("boxes, scores and landmarks must describe the same faces")
-
-    def __len__(self) -> int:
-        return len(self.boxes)
-
-    @classmethod
-    def empty(cls) -> Detections:
-        return cls(np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2)))
-
-
-@runtime_checkable
-class FaceDetector(Protocol):
-    """Anything that finds faces with 5 landmarks in a batch of RGB images."""
-
-    name: str
-
-    def detect(self, images: np.ndarray) -> list[Detections]:
-        """``images`` uint8 [B,H,W,3] RGB -> one Detections per image."""
-        ...
-
-
-def check_images(images: np.ndarray) -> np.ndarray:
-    """Accept one [H,W,3] image or a [B,H,W,3] batch of uint8 RGB; return the batch."""
-    images = np.asarray(images)
-    if images.ndim == 3:
-        images = images[None]
-    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-        raise ValueError(f"expected uint8 images [B,H,W,3], got {images.dtype} {images.shape}")
-    return images
-
-
-def box_overlaps(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """IoU and intersection over the smaller box, both [len(a), len(b)], for x1,y1,x2,y2 boxes."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
-    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=-1)
-    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=-1)[:, None]
-    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=-1)[None, :]
-    iou = inter / np.maximum(area_a + area_b - inter, 1e-9)
-    return iou, inter / np.maximum(np.minimum(area_a, area_b), 1e-9)
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix [len(a), len(b)] of x1,y1,x2,y2 boxes."""
-    return box_overlaps(a, b)[0]
-
+__all__ = ["DEFAULT_DETECTOR", "LANDMARK_NAMES", "DetectorFactory", "Detections", "FaceDetector",
+           "box_iou", "box_overlaps", "check_images", "detector_names", "make_detector",
+           "register_detector"]
 
 DetectorFactory = Callable[..., FaceDetector]
 _REGISTRY: dict[str, DetectorFactory] = {}
@@ -100,30 +44,20 @@ def detector_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def _retinaface(backbone: str) -> DetectorFactory:
-    def factory(**kwargs: Any) -> FaceDetector:
-        from abaw_kit.faces.retinaface import RetinaFaceDetector
+def lazy_factory(module: str, factory: str, **bound: Any) -> DetectorFactory:
+    """``module.factory(**bound, **kwargs)``, the module imported on the first call."""
 
-        return RetinaFaceDetector(backbone=backbone, **kwargs)
+    def build(**kwargs: Any) -> FaceDetector:
+        return getattr(importlib.import_module(module), factory)(**bound, **kwargs)
 
-    return factory
-
-
-def _cascade(*, weights: str | Path | None = None, device: str = "cpu",
-             max_size: int | None = None, **params: Any) -> FaceDetector:
-    from abaw_kit.faces.cascade import CascadeDetector
-
-    if max_size is not None:  # the one size option every backend takes
-        params["max_side"] = max_size
-    if weights is not None:
-        raise AbawError(f"the cascade detector has no weights to load (got {weights}); "
-                        "use --detector retinaface-mobilenet or retinaface to load weights")
-    return CascadeDetector(**params)
+    return build
 
 
-register_detector("retinaface-mobilenet", _retinaface("mobilenet0.25"))
-register_detector("retinaface", _retinaface("resnet50"))
-register_detector("cascade", _cascade)
+register_detector("retinaface-mobilenet", lazy_factory(
+    "abaw_kit.faces.retinaface", "build_retinaface", backbone="mobilenet0.25"))
+register_detector("retinaface", lazy_factory(
+    "abaw_kit.faces.retinaface", "build_retinaface", backbone="resnet50"))
+register_detector("cascade", lazy_factory("abaw_kit.faces.cascade", "build_cascade"))
 DEFAULT_DETECTOR = "retinaface-mobilenet"  # released weights of 1.7 MB, fast on a CPU
 
 

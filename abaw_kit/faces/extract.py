@@ -19,7 +19,7 @@ import numpy as np
 
 from abaw_kit.data.video import VideoFrames, iter_video_frames
 from abaw_kit.faces.align import align_face
-from abaw_kit.faces.detector import Detections, FaceDetector
+from abaw_kit.faces.base import Detections, FaceDetector
 from abaw_kit.faces.tracking import SUBJECTS, SubjectTrack, track_subjects
 
 FACE_SIZE = 112

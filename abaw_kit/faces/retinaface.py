@@ -10,11 +10,13 @@ tests/test_faces_real.py):
 Both: the longest side resized to ``max_size`` (boxes scaled back), a score threshold of 0.7 and
 NMS at IoU 0.4. Inputs are not padded to a square: the network is fully convolutional and the
 prior boxes are generated for the resized frame's own size.
+
+``build_retinaface`` (the registry's factory) reads ``--detector-weights`` or downloads the
+released file; ``RetinaFaceDetector`` itself is given the weights and downloads nothing.
 """
 
 from __future__ import annotations
 
-import io
 import pickle
 import zipfile
 from collections.abc import Mapping
@@ -28,16 +30,19 @@ import torch.nn.functional as F
 from torchvision.ops import nms
 
 from abaw_kit.errors import AbawError
-from abaw_kit.faces.detector import Detections, check_images
+from abaw_kit.faces.base import Detections, check_images
 from abaw_kit.faces.retinaface_net import (
     RetinaFaceNet,
     decode_boxes,
     decode_landmarks,
     prior_boxes,
 )
+from abaw_kit.train.distributed import resolve_device
+from abaw_kit.weights_io import read_weights_file, unwrap_checkpoint
 
 _WRAPPER_PREFIXES = ("module.", "model.")  # DataParallel / Lightning checkpoints
 _MAX_FLOAT_PIXELS = 4 * 1920 * 1080  # frames converted to float at once before the resize
+DEFAULT_MAX_SIZE = 640
 
 
 @dataclass(frozen=True)
@@ -72,25 +77,9 @@ RESNET50 = ReleasedWeights(
 RELEASES: dict[str, ReleasedWeights] = {r.backbone: r for r in (MOBILENET, RESNET50)}
 
 
-def _read_state_dict_file(path: Path) -> Any:
-    """torch (.pth/.pt, also torch's own zip format), a one-file .zip as released, safetensors."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            members = [m for m in archive.infolist() if not m.is_dir()]
-            if len(members) == 1:  # the release zips one torch file, like torch.hub's legacy zips
-                payload = io.BytesIO(archive.read(members[0]))
-                return torch.load(payload, map_location="cpu", weights_only=True)
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def _as_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
     """Unwrap a checkpoint dict and strip wrapper prefixes; AbawError if it holds no tensors."""
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
+    obj = unwrap_checkpoint(obj, ("state_dict",))
     if not isinstance(obj, Mapping) or not obj or not all(
             isinstance(value, torch.Tensor) for value in obj.values()):
         raise AbawError(f"{source} is not a state dict of tensors (expected RetinaFace weights)")
@@ -104,12 +93,13 @@ def _as_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
 
 
 def load_retinaface_weights(weights: str | Path) -> dict[str, torch.Tensor]:
-    """Read a RetinaFace state dict from a file; AbawError naming the file on any problem."""
+    """Read a RetinaFace state dict from a file (torch, one-file .zip, safetensors); AbawError
+    naming the file on any problem."""
     path = Path(weights)
     if not path.is_file():
         raise AbawError(f"RetinaFace weights file not found: {path}")
     try:
-        obj = _read_state_dict_file(path)
+        obj = read_weights_file(path)
     except (OSError, RuntimeError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile,
             EOFError) as exc:
         raise AbawError(f"cannot read RetinaFace weights {path}: {exc}".splitlines()[0]) from exc
@@ -176,32 +166,58 @@ def load_into(net: RetinaFaceNet, state: dict[str, torch.Tensor], source: str) -
     net.load_state_dict(state, strict=False)
 
 
-class RetinaFaceDetector:
-    """Batched RetinaFace (``backbone`` "mobilenet0.25" or "resnet50") on ``device`` ("auto":
-    cuda when available); boxes and landmarks in input-image pixels."""
+def release_for(backbone: str) -> ReleasedWeights:
+    if backbone not in RELEASES:
+        raise AbawError(f"unknown RetinaFace backbone {backbone!r}: choose one of "
+                        f"{', '.join(RELEASES)}")
+    return RELEASES[backbone]
 
-    def __init__(self, *, weights: str | Path | None = None, device: str = "cpu",
-                 backbone: str = "resnet50", max_size: int = 640,
-                 score_threshold: float = 0.7, nms_threshold: float = 0.4,
-                 pre_nms_top_k: int = 5000, max_faces: int = 50) -> None:
-        if backbone not in RELEASES:
-            raise AbawError(f"unknown RetinaFace backbone {backbone!r}: choose one of "
-                            f"{', '.join(RELEASES)}")
-        if max_size < 32:
-            raise AbawError(f"the detection size must be >= 32 pixels, got {max_size}")
-        self.release = RELEASES[backbone]
+
+def check_max_size(max_size: int) -> None:
+    if max_size < 32:
+        raise AbawError(f"the detection size must be >= 32 pixels, got {max_size}")
+
+
+def build_retinaface(*, backbone: str, weights: str | Path | None = None, device: str = "cpu",
+                     **params: Any) -> RetinaFaceDetector:
+    """The registry's factory: ``weights`` (a file) or the released weights, downloaded once
+    into torch.hub's cache; options are checked before anything is read or downloaded."""
+    release = release_for(backbone)
+    check_max_size(params.get("max_size", DEFAULT_MAX_SIZE))
+    device = str(resolve_device(device))
+    if weights is None:
+        return RetinaFaceDetector(weights=download_retinaface_weights(release),
+                                  source=release.url, device=device, backbone=backbone, **params)
+    return RetinaFaceDetector(weights=weights, device=device, backbone=backbone, **params)
+
+
+class RetinaFaceDetector:
+    """Batched RetinaFace (``backbone`` "mobilenet0.25" or "resnet50") on ``device`` (resolved
+    as the trainer does: "auto" is cuda when available); boxes and landmarks in input-image
+    pixels.
+
+    ``weights``: a file (``load_retinaface_weights``) or a state dict already read, named by
+    ``source`` in messages; nothing is downloaded here (``build_retinaface`` does that).
+    """
+
+    def __init__(self, *, weights: str | Path | Mapping[str, torch.Tensor],
+                 source: str | None = None, device: str = "cpu", backbone: str = "resnet50",
+                 max_size: int = DEFAULT_MAX_SIZE, score_threshold: float = 0.7,
+                 nms_threshold: float = 0.4, pre_nms_top_k: int = 5000,
+                 max_faces: int = 50) -> None:
+        self.release = release_for(backbone)
+        check_max_size(max_size)
         self.name = self.release.detector
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.max_size = max_size
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
         self.pre_nms_top_k = pre_nms_top_k
         self.max_faces = max_faces
-        source = str(weights) if weights is not None else self.release.url
-        state = (load_retinaface_weights(weights) if weights is not None
-                 else download_retinaface_weights(self.release))
+        if isinstance(weights, Mapping):
+            state, source = dict(weights), source or "the given state dict"
+        else:
+            state, source = load_retinaface_weights(weights), source or str(weights)
         self.net = RetinaFaceNet(backbone)
         load_into(self.net, state, source)
         # channels-last: 2.7x faster on a 2-core CPU for this depthwise network (13 vs 35 ms

@@ -31,7 +31,7 @@ from itertools import pairwise
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from abaw_kit.faces.detector import Detections, box_iou
+from abaw_kit.faces.base import Detections, box_iou
 
 SUBJECTS = ("single", "left", "right")
 

@@ -5,6 +5,13 @@ unlabelled batch it says which samples may contribute a pseudo-label (``mask``),
 whatever running statistics the method needs. The state lives in plain tensors that follow the
 device of the probabilities, so the same object works on CPU and GPU.
 
+What a method may add beyond the mask, each with a default that adds nothing: its own loss
+terms (``extra_loss``, e.g. FreeMatch's fairness loss), its running share of accepted pseudo-labels
+(``accepted_share``, DTM's), and whether it uses unlabelled images at all (``uses_unlabelled``:
+False for the supervised baseline, so no unlabelled stream is built). A method's own parameters,
+loss weights included, are its ``DEFAULTS`` (set through ``ssl.params``), so a parameter that
+the chosen method would ignore is an error.
+
 Distributed training: the trainer all-gathers ``probs`` (and ``indices``) across ranks, calls
 ``mask`` on the gathered batch on every rank and keeps its own rows. Every rank then applies the
 same update to the same state, so nothing here needs to know about DDP.
@@ -14,7 +21,8 @@ from __future__ import annotations
 
 import difflib
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any, ClassVar
 
@@ -22,6 +30,15 @@ import torch
 from torch import Tensor
 
 from abaw_kit.errors import AbawError
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """One of a method's own loss terms: ``weight * value`` joins the step's loss, and ``value``
+    is logged (unweighted) under the term's name."""
+
+    value: Tensor
+    weight: float
 
 
 class Threshold(ABC):
@@ -33,6 +50,9 @@ class Threshold(ABC):
 
     name: ClassVar[str] = ""
     needs_indices: ClassVar[bool] = False
+    uses_unlabelled: ClassVar[bool] = True
+    """False: the method learns from the labelled frames only; the trainer then builds no
+    unlabelled stream and never calls ``mask``."""
     DEFAULTS: ClassVar[Mapping[str, Any]] = {}
     STATE: ClassVar[tuple[str, ...]] = ()
     check_finite: bool = True
@@ -66,6 +86,23 @@ class Threshold(ABC):
     @abstractmethod
     def class_thresholds(self) -> Tensor:
         """The effective confidence threshold per class [C] implied by the current state."""
+
+    def extra_loss(self, strong_logits: Tensor, mask: Tensor,
+                   weak_probs: Tensor) -> dict[str, LossTerm]:
+        """The method's own loss terms for this step, by log name; none by default.
+
+        Called after ``mask`` in the same step (the state already holds this batch), on this
+        rank's rows: ``strong_logits`` [B, C] (with a graph), ``mask`` [B] the accepted rows
+        (0./1., after the oracle where it is on), ``weak_probs`` [B, C] the teacher's detached
+        probabilities. The trainer adds ``weight * value`` of each term as it is, with no
+        ramp: the weight is the method's parameter.
+        """
+        return {}
+
+    def accepted_share(self) -> Tensor | None:
+        """The running share of each class among accepted pseudo-labels [C], where the method
+        keeps one (DTM); None: the trainer counts the step's accepted labels instead."""
+        return None
 
     def state_dict(self) -> dict[str, Tensor]:
         """Copies of the running state (all tensors, so safetensors can store them)."""
@@ -138,13 +175,23 @@ def _resolve_params(method: str, defaults: Mapping[str, Any],
     """Defaults overridden by ``params``; unknown names and wrong types are user errors."""
     for key in params:
         if key not in defaults:
-            close = difflib.get_close_matches(key, defaults, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            valid = ", ".join(sorted(defaults)) or "none"
-            raise AbawError(f"threshold '{method}': unknown parameter '{key}' "
-                            f"(valid: {valid}){hint}")
+            raise unknown_parameter(method, defaults, key)
     return {key: _coerce(method, key, params.get(key, default), default)
             for key, default in defaults.items()}
+
+
+def unknown_parameter(method: str, defaults: Mapping[str, Any], key: str,
+                      owners: Iterable[str] = ()) -> AbawError:
+    """The one-line error for a parameter ``key`` that ``method`` does not have; ``owners``:
+    the methods that do have it (the parameter would be ignored by this one)."""
+    close = difflib.get_close_matches(key, defaults, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    valid = ", ".join(sorted(defaults)) or "none"
+    owners = list(owners)
+    owned = (f"; '{key}' is a parameter of {', '.join(owners)}, which '{method}' would ignore"
+             if owners else "")
+    return AbawError(f"threshold '{method}': unknown parameter '{key}' (valid: {valid})"
+                     f"{hint}{owned}")
 
 
 def _coerce(method: str, key: str, value: Any, default: Any) -> Any:

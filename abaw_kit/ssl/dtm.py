@@ -13,7 +13,8 @@ target class prior pi (uniform unless ``class_prior``):
     h(c)   <- m * h(c) + (1 - m) * share of class c among the batch's accepted pseudo-labels
               (starts at pi; unchanged when the batch accepts nothing)
 
-Why the additions (with gamma=0, bounds [0, 1] and no warm-up it is exactly FreeMatch):
+Why the additions (with gamma=0, bounds [0, 1] and no warm-up its mask is exactly FreeMatch's;
+DTM has no fairness loss: its balancing is in the threshold):
 - h/pi: face-recognition photos are mostly neutral or smiling. FreeMatch gives the dominant
   class the global threshold tau, so it floods the pseudo-labels while fear and disgust (1-2% of
   Aff-Wild2 train) vanish, which macro F1 punishes. The ratio raises the threshold of classes
@@ -33,17 +34,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from abaw_kit.ssl.freematch import FreeMatchThreshold
+from abaw_kit.ssl.freematch import SelfAdaptiveThreshold
 from abaw_kit.ssl.registry import register_threshold
 
 
 @register_threshold("dtm")
-class DynamicThreshold(FreeMatchThreshold):
-    """FreeMatch + pseudo-label histogram balancing, bounds and a warm-up."""
+class DynamicThreshold(SelfAdaptiveThreshold):
+    """FreeMatch's threshold + pseudo-label histogram balancing, bounds and a warm-up."""
 
     DEFAULTS = {"momentum": 0.999, "gamma": 0.5, "min_threshold": 0.5, "max_threshold": 0.95,
                 "warmup_steps": 1000, "class_prior": None}
-    STATE = (*FreeMatchThreshold.STATE, "pseudo_hist", "step")
+    STATE = (*SelfAdaptiveThreshold.STATE, "pseudo_hist", "step")
 
     def __init__(self, num_classes: int, **params: Any) -> None:
         super().__init__(num_classes, **params)
@@ -65,6 +66,9 @@ class DynamicThreshold(FreeMatchThreshold):
             return torch.full_like(self.p_model, self.max_threshold)
         balance = (self.pseudo_hist / self.prior) ** self.gamma
         return (super().class_thresholds() * balance).clamp(self.min_threshold, self.max_threshold)
+
+    def accepted_share(self) -> Tensor:
+        return self.pseudo_hist
 
     def _mask(self, probs: Tensor, indices: Tensor | None) -> Tensor:
         self.step += 1

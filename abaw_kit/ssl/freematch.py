@@ -1,4 +1,5 @@
-"""FreeMatch (Wang et al., ICLR 2023): self-adaptive thresholds (SAT).
+"""FreeMatch (Wang et al., ICLR 2023): self-adaptive thresholds (SAT) and the self-adaptive
+fairness loss.
 
 Mask decisions are identical to the USB reference (``FreeMatchThresholdingHook``, default
 options: mean confidence, no clipping). Per unlabelled batch q [B, C], momentum m:
@@ -9,8 +10,10 @@ options: mean confidence, no clipping). Per unlabelled batch q [B, C], momentum 
     mask_b   = [ max_c q_b(c) >= tau * p(argmax q_b) / max_c p(c) ]
 
 As in USB, the EMAs are updated with the batch *before* its mask is computed. ``p_model`` and
-``label_hist`` feed ``freematch_fairness_loss``. (An early USB version started the EMAs at 1
-instead of 1/C; the paper and current USB use 1/C.)
+``label_hist`` feed the fairness loss (``freematch_fairness_loss``), which FreeMatch adds to the
+step's loss as ``fairness_weight * L_f`` (USB's ``lambda_e * ent_loss``: not ramped, unlike
+``lambda_u`` here). (An early USB version started the EMAs at 1 instead of 1/C; the paper and
+current USB use 1/C.)
 """
 
 from __future__ import annotations
@@ -20,13 +23,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from abaw_kit.ssl.base import Threshold, class_counts
+from abaw_kit.ssl.base import LossTerm, Threshold, class_counts
 from abaw_kit.ssl.registry import register_threshold
 
 
-@register_threshold("freematch")
-class FreeMatchThreshold(Threshold):
-    """Global EMA confidence scaled per class by the EMA class-wise mean probability."""
+class SelfAdaptiveThreshold(Threshold):
+    """FreeMatch's threshold without its loss: a global EMA confidence scaled per class by the
+    EMA class-wise mean probability. Shared by FreeMatch and DTM; not a method of its own."""
 
     DEFAULTS = {"momentum": 0.999}
     STATE = ("time_p", "p_model", "label_hist")
@@ -56,3 +59,57 @@ class FreeMatchThreshold(Threshold):
         hist = class_counts(pred, self.num_classes).to(self.p_model.dtype)
         self.label_hist = self.label_hist * m + (1 - m) * (hist / hist.sum())
         return max_probs, pred
+
+
+@register_threshold("freematch")
+class FreeMatchThreshold(SelfAdaptiveThreshold):
+    """Self-adaptive threshold + ``fairness_weight`` * the self-adaptive fairness loss."""
+
+    DEFAULTS = {"momentum": 0.999, "fairness_weight": 0.001}
+
+    def __init__(self, num_classes: int, **params: Any) -> None:
+        super().__init__(num_classes, **params)
+        self.fairness_weight: float = self.params["fairness_weight"]
+        self._require(self.fairness_weight >= 0.0,
+                      f"fairness_weight must be >= 0, got {self.fairness_weight}")
+
+    def extra_loss(self, strong_logits: Tensor, mask: Tensor,
+                   weak_probs: Tensor) -> dict[str, LossTerm]:
+        if self.fairness_weight <= 0:
+            return {}
+        fairness = freematch_fairness_loss(strong_logits, mask, self.p_model, self.label_hist)
+        return {"fair_loss": LossTerm(fairness, self.fairness_weight)}
+
+
+def freematch_fairness_loss(strong_logits: Tensor, mask: Tensor, p_model: Tensor,
+                            label_hist: Tensor) -> Tensor:
+    """FreeMatch's self-adaptive fairness loss L_f = -H(SumNorm(p/h), SumNorm(pbar/hbar)).
+
+    p, h: the threshold's EMA class-wise mean probability and argmax histogram (``p_model``,
+    ``label_hist``). pbar, hbar: the mean strong-view probability and the argmax histogram of
+    the accepted (mask=1) samples of this batch. Dividing each mean by its histogram removes
+    the effect of class frequency; H(a, b) = -sum a*log(b + 1e-12), and classes with a zero
+    histogram get a zero scale, as in USB. Minimising L_f (a sum of a*log b, <= 0) lowers the
+    batch's mean probability where the model's own debiased prior is high, i.e. it spreads the
+    accepted predictions over more classes. Returns 0 (with a graph) when nothing is accepted.
+
+    The accepted rows are weighted by the mask, not selected: fixed shapes, so a GPU step does
+    not wait for the device to learn how many were accepted.
+    """
+    accepted = (mask.detach() > 0).float()
+    count = accepted.sum()
+    probs = strong_logits.float().softmax(dim=-1)
+    num_classes = probs.shape[1]
+    hist = class_counts(probs.argmax(dim=-1), num_classes, accepted)
+    hist = hist / count.clamp(min=1.0)
+    target = p_model.detach().float() * _inverse_or_zero(label_hist.detach().float())
+    target = target / target.sum()
+    batch_mean = (probs * accepted[:, None]).sum(dim=0) / count.clamp(min=1.0)
+    batch_mean = batch_mean * _inverse_or_zero(hist)
+    batch_mean = batch_mean / batch_mean.sum().clamp(min=1e-12)  # finite when none accepted
+    loss = (target * torch.log(batch_mean + 1e-12)).sum()
+    return torch.where(count > 0, loss, strong_logits.sum() * 0.0)
+
+
+def _inverse_or_zero(values: Tensor) -> Tensor:
+    return torch.where(values > 0, 1.0 / values, torch.zeros_like(values))

@@ -1,12 +1,12 @@
-"""Unlabelled-data losses of the SSL methods: FixMatch consistency and FreeMatch fairness."""
+"""Unlabelled-data losses every pseudo-label method shares: consistency, class balance and
+negative learning. A method's own terms live in its module (FreeMatch's fairness loss:
+``freematch.py``)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from abaw_kit.ssl.base import class_counts
 
 
 def class_balance_weights(pseudo_labels: Tensor, mask: Tensor, num_classes: int,
@@ -38,40 +38,6 @@ def consistency_loss(strong_logits: Tensor, pseudo_labels: Tensor, mask: Tensor)
         return strong_logits.sum() * 0.0
     per_sample = F.cross_entropy(strong_logits.float(), pseudo_labels.long(), reduction="none")
     return (per_sample * mask.detach().to(per_sample.dtype)).mean()  # mask may carry weights
-
-
-def freematch_fairness_loss(strong_logits: Tensor, mask: Tensor, p_model: Tensor,
-                            label_hist: Tensor) -> Tensor:
-    """FreeMatch's self-adaptive fairness loss L_f = -H(SumNorm(p/h), SumNorm(pbar/hbar)).
-
-    p, h: the threshold's EMA class-wise mean probability and argmax histogram (``p_model``,
-    ``label_hist``). pbar, hbar: the mean strong-view probability and the argmax histogram of
-    the accepted (mask=1) samples of this batch. Dividing each mean by its histogram removes
-    the effect of class frequency; H(a, b) = -sum a*log(b + 1e-12), and classes with a zero
-    histogram get a zero scale, as in USB. Minimising L_f (a sum of a*log b, <= 0) lowers the
-    batch's mean probability where the model's own debiased prior is high, i.e. it spreads the
-    accepted predictions over more classes. Returns 0 (with a graph) when nothing is accepted.
-
-    The accepted rows are weighted by the mask, not selected: fixed shapes, so a GPU step does
-    not wait for the device to learn how many were accepted.
-    """
-    accepted = (mask.detach() > 0).float()
-    count = accepted.sum()
-    probs = strong_logits.float().softmax(dim=-1)
-    num_classes = probs.shape[1]
-    hist = class_counts(probs.argmax(dim=-1), num_classes, accepted)
-    hist = hist / count.clamp(min=1.0)
-    target = p_model.detach().float() * _inverse_or_zero(label_hist.detach().float())
-    target = target / target.sum()
-    batch_mean = (probs * accepted[:, None]).sum(dim=0) / count.clamp(min=1.0)
-    batch_mean = batch_mean * _inverse_or_zero(hist)
-    batch_mean = batch_mean / batch_mean.sum().clamp(min=1e-12)  # finite when none accepted
-    loss = (target * torch.log(batch_mean + 1e-12)).sum()
-    return torch.where(count > 0, loss, strong_logits.sum() * 0.0)
-
-
-def _inverse_or_zero(values: Tensor) -> Tensor:
-    return torch.where(values > 0, 1.0 / values, torch.zeros_like(values))
 
 
 def negative_learning_loss(strong_logits: Tensor, weak_probs: Tensor, rejected: Tensor,

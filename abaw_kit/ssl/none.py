@@ -1,4 +1,8 @@
-"""No unlabelled loss: the supervised baseline run through the same training loop."""
+"""No unlabelled loss: the supervised baseline run through the same training loop.
+
+``uses_unlabelled = False``: the trainer builds no unlabelled stream for it, so no step forwards
+unlabelled views or calls ``mask``; the mask (all rejected) keeps the interface complete.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ from abaw_kit.ssl.registry import register_threshold
 @register_threshold("none")
 class NoThreshold(Threshold):
     """Rejects every pseudo-label, so the unlabelled loss is always zero."""
+
+    uses_unlabelled = False
 
     def _mask(self, probs: Tensor, indices: Tensor | None) -> Tensor:
         return probs.new_zeros(probs.shape[0])

@@ -19,9 +19,7 @@ import torch
 from torch import nn
 
 from abaw_kit.classes import NUM_CLASSES
-
-ARCHITECTURES = ("transformer", "tcn")
-POSITIONAL = ("sinusoidal", "learned", "none")
+from abaw_kit.config import TEMPORAL_MODELS, TEMPORAL_POSITIONAL, TemporalConfig
 
 
 def sinusoidal_positions(length: int, width: int) -> torch.Tensor:
@@ -42,8 +40,8 @@ class TemporalTransformer(nn.Module):
                  dropout: float = 0.1, max_len: int = 1024, positional: str = "sinusoidal",
                  num_classes: int = NUM_CLASSES) -> None:
         super().__init__()
-        if positional not in POSITIONAL:
-            raise ValueError(f"positional must be one of {POSITIONAL}, got {positional!r}")
+        if positional not in TEMPORAL_POSITIONAL:
+            raise ValueError(f"positional must be one of {TEMPORAL_POSITIONAL}, got {positional!r}")
         if width % heads:
             raise ValueError(f"width {width} must be a multiple of heads {heads}")
         self.max_len = max_len
@@ -104,12 +102,86 @@ class TemporalTCN(nn.Module):
         return self.head(self.blocks(hidden).transpose(1, 2))
 
 
+class WindowCentred(nn.Module):
+    """Feeds ``net`` each frame's embedding and its difference from the mean embedding of the
+    window's frames with a face.
+
+    Why: a window shows one subject, so the mean carries who it is (and the lighting, the
+    pose), and the difference carries what changes: the expression. A frame model that has
+    learned its training people confuses identity with expression on new people; the
+    difference is the same for everyone.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        weight = mask[..., None].to(x.dtype)
+        mean = (x * weight).sum(1, keepdim=True) / weight.sum(1, keepdim=True).clamp_min(1.0)
+        return self.net(torch.cat([x, (x - mean) * weight], dim=-1), mask)
+
+
+class FrameResidual(nn.Module):
+    """The frame model's own logits plus the sequence network's correction, which starts at 0.
+
+    The frame classifier (weights copied from the run, frozen, saved with the temporal model)
+    maps each embedding to the logits the frame model gives; the network adds what the
+    neighbouring frames say. Why: the frame model has fitted the train frames, so a sequence
+    model trained from scratch on their embeddings learns to trust each frame's clean
+    embedding and overfits the train people; anchored at the frame prediction, it starts as
+    good as the frame model on new people and has only the correction to learn.
+    """
+
+    def __init__(self, net: nn.Module, dim_in: int, num_classes: int = NUM_CLASSES) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("frame_weight", torch.zeros(num_classes, dim_in))
+        self.register_buffer("frame_bias", torch.zeros(num_classes))
+        output = output_layer(net)
+        nn.init.zeros_(output.weight)
+        nn.init.zeros_(output.bias)
+
+    def set_frame_head(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        self.frame_weight.copy_(weight)
+        self.frame_bias.copy_(bias)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        frame = nn.functional.linear(x, self.frame_weight.to(x.dtype), self.frame_bias.to(x.dtype))
+        return frame + self.net(x, mask)
+
+
+def output_layer(net: nn.Module) -> nn.Linear:
+    """The last linear layer of a network here (its ``head``), through ``WindowCentred``."""
+    inner = net.net if isinstance(net, WindowCentred) else net
+    head = inner.head[-1] if isinstance(inner.head, nn.Sequential) else inner.head
+    assert isinstance(head, nn.Linear)
+    return head
+
+
+def build_temporal_model(t: TemporalConfig, dim_in: int, window: int) -> nn.Module:
+    """The network the ``temporal`` config section describes, for ``dim_in``-d embeddings and
+    windows of ``window`` frames (``FrameResidual`` around it with ``temporal.residual``; its
+    frame head is set by the trainer, or loaded with the weights)."""
+    net = make_temporal_model(t.model, dim_in, width=t.width, depth=t.depth, heads=t.heads,
+                              dropout=t.dropout, max_len=window, positional=t.positional,
+                              centre=t.centre)
+    return FrameResidual(net, dim_in) if t.residual else net
+
+
 def make_temporal_model(architecture: str, dim_in: int, *, width: int, depth: int, heads: int,
-                        dropout: float, max_len: int, positional: str) -> nn.Module:
-    """The ``architecture`` network ("transformer" or "tcn") for ``dim_in``-d embeddings."""
+                        dropout: float, max_len: int, positional: str,
+                        centre: bool = False) -> nn.Module:
+    """The ``architecture`` network ("transformer" or "tcn") for ``dim_in``-d embeddings;
+    ``centre`` adds each frame's offset from the window mean as input (``WindowCentred``)."""
+    width_in = 2 * dim_in if centre else dim_in
     if architecture == "transformer":
-        return TemporalTransformer(dim_in, width=width, depth=depth, heads=heads,
-                                   dropout=dropout, max_len=max_len, positional=positional)
-    if architecture == "tcn":
-        return TemporalTCN(dim_in, width=width, depth=depth, dropout=dropout)
-    raise ValueError(f"unknown temporal model {architecture!r}: choose one of {ARCHITECTURES}")
+        net: nn.Module = TemporalTransformer(width_in, width=width, depth=depth, heads=heads,
+                                             dropout=dropout, max_len=max_len,
+                                             positional=positional)
+    elif architecture == "tcn":
+        net = TemporalTCN(width_in, width=width, depth=depth, dropout=dropout)
+    else:
+        raise ValueError(f"unknown temporal model {architecture!r}: choose one of "
+                         f"{TEMPORAL_MODELS}")
+    return WindowCentred(net) if centre else net

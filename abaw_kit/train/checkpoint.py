@@ -1,7 +1,8 @@
 """Checkpoints of a run: weights as safetensors, the rest of the training state as a torch file
 that loads with ``weights_only=True``.
 
-Layout of ``<run>/checkpoints/``::
+Inside ``checkpoints/`` of a run or of its temporal model (the folder and the names of
+``last.json`` and ``best.safetensors``: abaw_kit.run_dir)::
 
     step-00001000.safetensors   model.* and ema.* weights (+ metadata: step, backbone, mean/std)
     step-00001000.state.pt      step, optimiser, scheduler, scaler, threshold, sampler, RNGs
@@ -28,10 +29,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from abaw_kit.errors import AbawError
+from abaw_kit.run_dir import BEST, POINTER
 from abaw_kit.workspace import atomic_path, atomic_write_json
 
-POINTER = "last.json"
-BEST = "best.safetensors"
 FORMAT = "abaw-kit-checkpoint-1"
 _STEP_FILE = re.compile(r"^step-(\d+)\.(safetensors|state\.pt)$")
 
@@ -119,6 +119,14 @@ def weights_file(ckpt_dir: Path, which: str) -> Path:
     return ckpt_dir / record["weights"]
 
 
+def usable_weights(ckpt_dir: Path, which: str = "best") -> tuple[Path, str]:
+    """(path, ``best`` or ``last``): ``weights_file``, except that ``best`` falls back to the
+    last weights when no validation has run, as loading a model for inference does."""
+    if which == "best" and not (ckpt_dir / BEST).is_file():
+        which = "last"
+    return weights_file(ckpt_dir, which), which
+
+
 def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Tensors and decoded metadata of a checkpoint's safetensors file."""
     try:
@@ -135,16 +143,20 @@ def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return tensors, meta
 
 
-def load_checkpoint(ckpt_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+def load_checkpoint(ckpt_dir: Path, required: tuple[str, ...] | None = None
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
     """(weights, training state) of the last checkpoint, None when the run has none at all.
+
+    ``required``: the state keys an exact resume needs (default: the frame trainer's).
 
     Without ``last.json`` (deleted, or lost with a disk) the newest complete pair of step files
     is used: a resume must never restart a run from step 0 over its own checkpoints. Files
     that exist but do not load are an error, not a fresh start.
     """
+    required = REQUIRED_STATE if required is None else required
     record = read_pointer(ckpt_dir)
     if record is not None:
-        return _load_pair(ckpt_dir, record)
+        return _load_pair(ckpt_dir, record, required)
     pairs = _step_pairs(ckpt_dir)
     if not pairs:
         if (ckpt_dir / BEST).is_file():
@@ -155,7 +167,7 @@ def load_checkpoint(ckpt_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, 
     problems = []
     for record in pairs:  # newest first; an older pair survives when a kill hit the cleanup
         try:
-            return _load_pair(ckpt_dir, record)
+            return _load_pair(ckpt_dir, record, required)
         except AbawError as exc:
             problems.append(str(exc))
     raise AbawError(f"{ckpt_dir} has checkpoint files but no {POINTER} and no complete pair "
@@ -189,7 +201,7 @@ def _step_pairs(ckpt_dir: Path) -> list[dict[str, Any]]:
 REQUIRED_STATE = ("step", "optimizer", "scheduler", "threshold", "sampler", "rng")
 
 
-def _load_pair(ckpt_dir: Path, record: dict[str, Any]
+def _load_pair(ckpt_dir: Path, record: dict[str, Any], required: tuple[str, ...]
                ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors, meta = read_weights(ckpt_dir / record["weights"])
     state_path = ckpt_dir / record["state"]
@@ -203,7 +215,7 @@ def _load_pair(ckpt_dir: Path, record: dict[str, Any]
             meta.get("step") != record["step"]:
         raise AbawError(f"checkpoint files in {ckpt_dir} disagree on the step (pointer "
                         f"{record['step']}, weights {meta.get('step')}); the folder was edited")
-    missing = [key for key in REQUIRED_STATE if key not in state]
+    missing = [key for key in required if key not in state]
     if missing:
         raise AbawError(f"checkpoint {state_path} lacks {', '.join(missing)} (not written by "
                         "this version of abaw-kit, or edited); it cannot be resumed exactly; "

@@ -39,6 +39,8 @@ from abaw_kit.workspace import Workspace
 LABELLED_STREAM, UNLABELLED_STREAM = 1, 2
 ASPECT_RANGE = (0.9, 1.1)  # aligned faces: crop jitter, barely any distortion
 LEFTOVERS = "few_label_leftovers"  # pool source: labelled frames the few-label protocol withholds
+INDEX_SOURCE = "unlabelled_index"  # pool source: the unlabelled index of `abaw ingest`
+AFFWILD_SOURCE = "affwild_unlabelled"  # pool source: Aff-Wild2 train frames labelled -1
 NO_UNLABELLED = ("no unlabelled data: run `abaw ingest SOURCE` first, or use --ssl none")
 MAX_BROKEN_RUN = 1000  # more broken images in a row than this is damage, not the odd bad file
 
@@ -373,7 +375,7 @@ def build_training_data(work: Workspace, cfg: TrainConfig, *, rank: int = 0,
         sources = pool.counts()
         hidden = np.full(len(pool), -1, np.int64)
         hidden[pool.span(LEFTOVERS)] = labels[~keep]
-        index_span = pool.span("unlabeled_index")
+        index_span = pool.span(INDEX_SOURCE)
         known = known_unlabelled_classes(work) if index_span.stop > index_span.start else None
         if known is not None and len(known) == index_span.stop - index_span.start:
             hidden[index_span] = known
@@ -385,7 +387,7 @@ def known_unlabelled_classes(work: Workspace) -> np.ndarray | None:
     """Diagnostics only: the true class of each unlabelled-index image where it is known (-1
     elsewhere), or None. Known on the built-in demo, whose generator recorded the class each
     face-recognition image was drawn with, matched to the index by the content hash."""
-    from abaw_kit.data.demo import UNLABELED_LABELS_FILE
+    from abaw_kit.demo import UNLABELED_LABELS_FILE
 
     try:
         root = work.data_root() if work.is_demo() else None
@@ -420,30 +422,30 @@ def build_unlabelled_pool(work: Workspace, cfg: DataConfig, store: FaceStore,
                           leftover_rows: np.ndarray) -> UnlabelledPool:
     """Unlabelled index (+ Aff-Wild2 frames labelled -1) (+ few-label leftovers)."""
     sources: dict[str, ImageSource] = {}
-    if cfg.use_unlabeled_index:
-        index = open_unlabeled_index(work)
+    if cfg.use_unlabelled_index:
+        index = open_unlabelled_index(work)
         if len(index) == 0:
             raise AbawError(f"{NO_UNLABELLED} (the unlabelled index in {work.unlabeled_dir} "
                             "is empty)")
-        sources["unlabeled_index"] = IndexImages(index)
+        sources[INDEX_SOURCE] = IndexImages(index)
     if cfg.use_affwild_unlabelled:
-        sources["affwild_unlabelled"] = StoreRows(store, store.rows(labelled=False))
+        sources[AFFWILD_SOURCE] = StoreRows(store, store.rows(labelled=False))
     sources[LEFTOVERS] = StoreRows(store, leftover_rows)
     pool = UnlabelledPool(sources)
     if len(pool) == 0:
-        raise AbawError(f"{NO_UNLABELLED} (data.use_unlabeled_index is off and the train store "
+        raise AbawError(f"{NO_UNLABELLED} (data.use_unlabelled_index is off and the train store "
                         "has no unlabelled frames)")
     return pool
 
 
-def open_unlabeled_index(work: Workspace) -> Any:
+def open_unlabelled_index(work: Workspace) -> Any:
     """The index `abaw ingest` built; a clear error when there is none."""
     from abaw_kit.unlabeled.index import UnlabeledIndex
 
     try:
         return UnlabeledIndex(work.unlabeled_dir)
     except AbawError as exc:
-        raise AbawError(f"{NO_UNLABELLED} ({exc}; or --set data.use_unlabeled_index=false to "
+        raise AbawError(f"{NO_UNLABELLED} ({exc}; or --set data.use_unlabelled_index=false to "
                         "use only the Aff-Wild2 frames without a label)") from None
 
 

@@ -1,5 +1,6 @@
 """GPU-dependent choices as pure functions of what the hardware reports (compute capability,
-environment), so CPU tests can check them against made-up GPUs: mixed precision and determinism.
+environment), so CPU tests can check them against made-up GPUs: mixed precision, memory format
+and determinism.
 """
 
 from __future__ import annotations
@@ -44,6 +45,16 @@ def device_capability(device: torch.device) -> tuple[int, int] | None:
 def device_amp_dtype(choice: str, device: torch.device) -> torch.dtype | None:
     """``amp_dtype`` for a real device."""
     return amp_dtype(choice, device.type, device_capability(device))
+
+
+def use_channels_last(wanted: bool, device: torch.device) -> bool:
+    """``train.channels_last`` on a real device: honoured on CUDA only (CPU runs contiguous)."""
+    return wanted and device.type == "cuda"
+
+
+def model_memory_format(channels_last: bool) -> torch.memory_format:
+    """The memory format to move a model's weights to (``preserve_format`` = as they are)."""
+    return torch.channels_last if channels_last else torch.preserve_format
 
 
 def precision_note(choice: str, device_type: str,

@@ -62,8 +62,10 @@ class Meter:
 class MetricsLog:
     """Append-only CSV with a fixed header; on resume, rows after the checkpoint are dropped."""
 
-    def __init__(self, path: Path, *, enabled: bool = True) -> None:
+    def __init__(self, path: Path, *, enabled: bool = True,
+                 columns: list[str] | None = None) -> None:
         self.path, self.enabled = path, enabled
+        self.columns = COLUMNS if columns is None else columns
 
     def start(self, resume_step: int | None) -> None:
         """New file (header only), or keep the rows up to ``resume_step`` of an earlier run."""
@@ -72,9 +74,9 @@ class MetricsLog:
         rows = self.read() if resume_step is not None else []
         kept = [row for row in rows if int(float(row["step"])) <= (resume_step or 0)]
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+        writer = csv.DictWriter(buffer, fieldnames=self.columns)
         writer.writeheader()
-        writer.writerows({key: row.get(key) or "" for key in COLUMNS} for row in kept)
+        writer.writerows({key: row.get(key) or "" for key in self.columns} for row in kept)
         atomic_write_text(self.path, buffer.getvalue())
 
     def read(self) -> list[dict[str, str]]:
@@ -88,8 +90,8 @@ class MetricsLog:
         if not self.enabled:
             return
         with self.path.open("a", newline="") as handle:
-            csv.DictWriter(handle, fieldnames=COLUMNS).writerow(
-                {key: _cell(row.get(key)) for key in COLUMNS})
+            csv.DictWriter(handle, fieldnames=self.columns).writerow(
+                {key: _cell(row.get(key)) for key in self.columns})
 
 
 def _cell(value: Any) -> str:

@@ -5,7 +5,8 @@ SSL step (FixMatch family): labelled, weak and strong views go through the netwo
 forward pass (shared BatchNorm statistics; ``ssl.weak_no_grad`` forwards the weak views apart,
 without a graph); the weak-view probabilities of every rank are gathered so the threshold sees
 the global batch and its state stays identical on all ranks; the accepted pseudo-labels
-supervise the strong views.
+supervise the strong views. What is special to a method (its own loss terms, its running share
+of accepted labels, whether it uses unlabelled images at all) the loop asks the threshold.
 """
 
 from __future__ import annotations
@@ -27,11 +28,10 @@ from abaw_kit.ssl import (
     Threshold,
     class_balance_weights,
     consistency_loss,
-    freematch_fairness_loss,
     negative_learning_loss,
 )
 from abaw_kit.train.distributed import DistContext
-from abaw_kit.train.gpu import device_amp_dtype
+from abaw_kit.train.gpu import device_amp_dtype, use_channels_last
 from abaw_kit.train.model import Normalizer
 
 EMA_WARMUP_POWER = 0.75  # timm's suggestion for runs of < ~100k steps
@@ -95,7 +95,7 @@ def build_state(cfg: TrainConfig, model: nn.Module, normalize: Normalizer, dist:
     """Optimiser, warm-up + cosine schedule, EMA, AMP and DDP around ``model`` (on its device)."""
     device = dist.device
     amp_dtype = device_amp_dtype(cfg.train.amp, device)
-    if device.type == "cuda" and cfg.train.channels_last:
+    if use_channels_last(cfg.train.channels_last, device):
         model = model.to(memory_format=torch.channels_last)
     optim = cfg.optim
     optimizer = create_optimizer_v2(model, opt=optim.name, lr=optim.lr,
@@ -119,14 +119,20 @@ def build_state(cfg: TrainConfig, model: nn.Module, normalize: Normalizer, dist:
                       normalize, dist, weights, amp_dtype, hidden)
 
 
-def unsup_weight(cfg: TrainConfig, step: int) -> float:
-    """lambda_u at ``step``: 0 during the supervised warm-up, then a linear ramp to lambda_u."""
+def unsup_ramp(cfg: TrainConfig, step: int) -> float:
+    """The ramp of the unlabelled losses at ``step``: 0 during the supervised warm-up, then
+    linear from 0 to 1 over ``ssl.unsup_ramp`` steps."""
     ssl = cfg.ssl
     if step < ssl.unsup_start:
         return 0.0
     if ssl.unsup_ramp <= 0:
-        return ssl.lambda_u
-    return ssl.lambda_u * min(1.0, (step - ssl.unsup_start + 1) / ssl.unsup_ramp)
+        return 1.0
+    return min(1.0, (step - ssl.unsup_start + 1) / ssl.unsup_ramp)
+
+
+def unsup_weight(cfg: TrainConfig, step: int) -> float:
+    """lambda_u at ``step``: lambda_u times the ramp (``unsup_ramp``)."""
+    return cfg.ssl.lambda_u * unsup_ramp(cfg, step)
 
 
 def train_step(state: TrainState, batch: Batch, step: int = 0) -> dict[str, Any]:
@@ -138,8 +144,12 @@ def train_step(state: TrainState, batch: Batch, step: int = 0) -> dict[str, Any]
     here (``note_finite``): no host sync in a step.
     """
     labels = batch.labels.to(state.dist.device, non_blocking=True)
-    weight = unsup_weight(state.cfg, step) if batch.weak is not None else 0.0
-    use_unlabelled = batch.weak is not None and weight > 0
+    threshold = state.threshold
+    unlabelled = (batch.weak is not None and threshold is not None
+                  and threshold.uses_unlabelled)
+    ramp = unsup_ramp(state.cfg, step) if unlabelled else 0.0
+    weight = state.cfg.ssl.lambda_u * ramp
+    use_unlabelled = unlabelled and weight > 0
     from_teacher = use_unlabelled and state.cfg.ssl.teacher == "ema"
     weak_apart = use_unlabelled and not from_teacher and state.cfg.ssl.weak_no_grad
     parts = [batch.images]
@@ -162,7 +172,7 @@ def train_step(state: TrainState, batch: Batch, step: int = 0) -> dict[str, Any]
     else:
         weak_logits, strong_logits = logits[n:].chunk(2)
     unsup, unsup_logs = unlabelled_loss(state, weak_logits, strong_logits, batch.indices,
-                                        weight)
+                                        weight, ramp)
     loss = sup + unsup
     note_finite(state, step, logits, weak_logits, loss)
     return {"loss": loss, "logs": {**logs, **unsup_logs, "loss": loss.detach()}}
@@ -219,9 +229,11 @@ def teacher_logits(state: TrainState, weak: Tensor) -> Tensor:
 
 def accepted_class_share(state: TrainState, pseudo: Tensor, mask: Tensor) -> Tensor:
     """The share of each class among accepted pseudo-labels, floored at 1e-3 so no logit
-    offset is infinite: the threshold's running estimate where it keeps one (DTM's
-    ``pseudo_hist``), else this (global) batch's counts with one pseudo-count per class."""
-    running = getattr(state.threshold, "pseudo_hist", None)
+    offset is infinite: the threshold's running estimate where it keeps one
+    (``accepted_share``, DTM's), else this (global) batch's counts with one pseudo-count per
+    class."""
+    assert state.threshold is not None
+    running = state.threshold.accepted_share()
     if running is not None:
         share = running.float()
     else:
@@ -232,9 +244,11 @@ def accepted_class_share(state: TrainState, pseudo: Tensor, mask: Tensor) -> Ten
 
 
 def unlabelled_loss(state: TrainState, weak_logits: Tensor, strong_logits: Tensor,
-                    indices: Tensor | None, weight: float) -> tuple[Tensor, dict[str, Tensor]]:
-    """Consistency on accepted pseudo-labels (+ FreeMatch fairness, + negative learning on
-    the rejected ones), and what to log."""
+                    indices: Tensor | None, weight: float,
+                    ramp: float) -> tuple[Tensor, dict[str, Tensor]]:
+    """Consistency on accepted pseudo-labels, weighted ``weight`` (lambda_u x ``ramp``), +
+    negative learning on the rejected ones (``ramp`` x negative_weight), + the method's own
+    terms (``extra_loss``, e.g. FreeMatch's fairness, at their own weights), and what to log."""
     assert state.threshold is not None
     probs = weak_logits.detach().softmax(dim=1)
     mask, global_probs, global_mask = shared_mask(state, probs, indices)
@@ -266,13 +280,11 @@ def unlabelled_loss(state: TrainState, weak_logits: Tensor, strong_logits: Tenso
     if ssl.negative_weight > 0:
         negative = negative_learning_loss(strong_logits, probs, 1.0 - mask,
                                           ssl.negative_threshold)
-        loss = loss + weight / max(ssl.lambda_u, 1e-12) * ssl.negative_weight * negative
+        loss = loss + ramp * ssl.negative_weight * negative
         logs["neg_loss"] = negative.detach()
-    if ssl.method == "freematch" and ssl.fairness_weight > 0:
-        fairness = freematch_fairness_loss(strong_logits, mask, state.threshold.p_model,
-                                           state.threshold.label_hist)
-        loss = loss + ssl.fairness_weight * fairness
-        logs["fair_loss"] = fairness.detach()
+    for name, term in state.threshold.extra_loss(strong_logits, mask, probs).items():
+        loss = loss + term.weight * term.value
+        logs[name] = term.value.detach()
     if truth is not None:
         checked = mask * (truth >= 0)
         logs["pseudo_checked"] = checked.sum()

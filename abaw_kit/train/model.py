@@ -18,7 +18,6 @@ from typing import Any
 
 import timm
 import torch
-from safetensors.torch import load_file
 from timm.data import resolve_data_config
 from torch import nn
 
@@ -27,6 +26,7 @@ from abaw_kit.config import ModelConfig
 from abaw_kit.errors import AbawError
 from abaw_kit.train.imagenet_weights import imagenet_weights_file
 from abaw_kit.train.pretrained import Mapped, detect_layout, map_torchvision
+from abaw_kit.weights_io import read_weights_file, unwrap_checkpoint
 
 
 @dataclass
@@ -145,20 +145,14 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise AbawError(f"--pretrained {path}: file not found (give a .safetensors or "
                         "state-dict file, 'timm' or 'none')")
     try:
-        if path.suffix == ".safetensors":
-            state: Any = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_weights_file(path)
     except Exception as exc:  # noqa: BLE001 - corrupt files raise many kinds of errors
         raise AbawError(f"--pretrained {path}: cannot read it as weights ({_short(exc)})") from exc
     return _unwrap(state, path)
 
 
 def _unwrap(state: Any, path: Path) -> dict[str, torch.Tensor]:
-    for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
+    state = unwrap_checkpoint(state)
     if not isinstance(state, dict) or not state:
         raise AbawError(f"--pretrained {path}: expected a mapping of tensor names to tensors, "
                         f"found {type(state).__name__}")

@@ -1,9 +1,7 @@
 """``train()``: the plain function behind ``abaw train``; one run folder, resumable exactly.
 
-Run folder ``<work>/runs/<name>/``: ``config.yaml`` (resolved), ``metrics.csv``, ``train.log``,
-``checkpoints/`` (see abaw_kit.train.checkpoint) and ``plots/``; later commands add
-``embeddings/<split>/`` (``abaw embed``, see abaw_kit.embed). Under torchrun every rank
-trains; only rank 0 writes.
+It writes the run folder's config, metrics, log, checkpoints and training plots (the layout:
+abaw_kit.run_dir.RunDir). Under torchrun every rank trains; only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -19,7 +17,6 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from abaw_kit.classes import NUM_CLASSES
 from abaw_kit.config import (
@@ -32,7 +29,10 @@ from abaw_kit.config import (
 from abaw_kit.data.store import FaceStore
 from abaw_kit.errors import AbawError
 from abaw_kit.infer import macro_f1_of, predict_rows, validation_rows
+from abaw_kit.progress import progress_bar
+from abaw_kit.run_dir import RunDir
 from abaw_kit.ssl import make_threshold
+from abaw_kit.ssl.registry import threshold_class
 from abaw_kit.train import checkpoint as ckpt
 from abaw_kit.train.data import (
     TrainingData,
@@ -42,7 +42,12 @@ from abaw_kit.train.data import (
     training_loaders,
 )
 from abaw_kit.train.distributed import DistContext, init_distributed
-from abaw_kit.train.gpu import determinism, device_capability, precision_note
+from abaw_kit.train.gpu import (
+    determinism,
+    device_capability,
+    precision_note,
+    use_channels_last,
+)
 from abaw_kit.train.logbook import THRESHOLD_COLUMNS, Meter, MetricsLog
 from abaw_kit.train.loop import (
     Batch,
@@ -70,7 +75,7 @@ def train(work: Workspace, cfg: TrainConfig | None, *, run_name: str | None = No
     if cfg is None:
         if not resume:
             raise AbawError("no training config given; pass one or use --resume")
-        cfg = load_config(work.run_dir(run_name) / "config.yaml")
+        cfg = load_config(RunDir(work.run_dir(run_name)).config)
     check_backbone(cfg.model.backbone)
     dist = init_distributed(cfg.train.device)
     threads = torch.get_num_threads()
@@ -78,7 +83,7 @@ def train(work: Workspace, cfg: TrainConfig | None, *, run_name: str | None = No
         torch.set_num_threads(cfg.train.threads)
     try:  # data problems surface before a run folder exists
         data = build_training_data(work, cfg, rank=dist.rank,
-                                   with_unlabelled=cfg.ssl.method != "none")
+                                   with_unlabelled=uses_unlabelled(cfg))
         run_dir, cfg = _open_run_dir(work, cfg, run_name, resume, dist)
         session = TrainingRun(work, cfg, run_dir, dist, progress=progress, log=log)
         try:
@@ -93,44 +98,44 @@ def train(work: Workspace, cfg: TrainConfig | None, *, run_name: str | None = No
 
 
 def _open_run_dir(work: Workspace, cfg: TrainConfig, run_name: str | None, resume: bool,
-                  dist: DistContext) -> tuple[Path, TrainConfig]:
+                  dist: DistContext) -> tuple[RunDir, TrainConfig]:
     """The run folder (created, config saved) and the config the run follows."""
     if resume:
-        run_dir = work.run_dir(run_name)
-        saved = load_config(run_dir / "config.yaml")
+        run_dir = RunDir(work.run_dir(run_name))
+        saved = load_config(run_dir.config)
         changed = [(k, a, b) for k, a, b in config_diff(saved, cfg) if k not in RESUME_MUTABLE]
         if changed:
             shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changed[:3])
             raise AbawError(f"--resume {run_dir.name}: the config differs from the run's "
                             f"config.yaml ({shown}); resume with the run's own config (no "
                             "--config/--set), or start a new run")
-        done = ckpt.last_step(run_dir / "checkpoints")
+        done = ckpt.last_step(run_dir.checkpoints)
         if done is not None and cfg.train.steps < done:  # checked before config.yaml changes
             raise AbawError(f"--resume {run_dir.name}: the run has trained {done} steps "
                             f"already, so --steps {cfg.train.steps} would end before its "
                             f"checkpoint; pass --steps {done} or more")
     else:
         name = run_name or f"{cfg.ssl.method}-{time.strftime('%Y%m%d-%H%M%S')}"
-        exists = (work.run_path(name) / "config.yaml").is_file()
+        exists = RunDir(work.run_path(name)).config.is_file()
         name, exists = dist.broadcast_object((name, exists))  # rank 0 decides for all
-        run_dir = work.run_path(name)
+        run_dir = RunDir(work.run_path(name))
         if exists:
             raise AbawError(f"run '{name}' already exists in {work.runs_dir}; continue it with "
                             "--resume, or choose another --run name")
     dist.barrier()  # every rank has read what it needs before rank 0 writes
     if dist.is_main:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+        run_dir.checkpoints.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir.config)
     dist.barrier()
     return run_dir, cfg
 
 
-def _remove_unstarted_run(run_dir: Path) -> None:
+def _remove_unstarted_run(run_dir: RunDir) -> None:
     """Undo a start that failed before its first step (bad weights file, model error...), so
     the same ``--run`` name works on the next try. Only the files a start writes go."""
-    for name in ("config.yaml", "train.log", "metrics.csv"):
-        (run_dir / name).unlink(missing_ok=True)
-    for folder in (run_dir / "checkpoints", run_dir):
+    for path in (run_dir.config, run_dir.log, run_dir.metrics):
+        path.unlink(missing_ok=True)
+    for folder in (run_dir.checkpoints, run_dir.path):
         with contextlib.suppress(OSError):  # not empty: something else lives there, keep it
             folder.rmdir()
 
@@ -138,14 +143,14 @@ def _remove_unstarted_run(run_dir: Path) -> None:
 class TrainingRun:
     """One training session of a run folder: builds everything, loops, validates, saves."""
 
-    def __init__(self, work: Workspace, cfg: TrainConfig, run_dir: Path, dist: DistContext, *,
-                 progress: bool, log: Log | None = None) -> None:
-        self.work, self.cfg, self.run_dir, self.dist = work, cfg, run_dir, dist
+    def __init__(self, work: Workspace, cfg: TrainConfig, run_dir: Path | RunDir,
+                 dist: DistContext, *, progress: bool, log: Log | None = None) -> None:
+        self.work, self.cfg, self.run_dir, self.dist = work, cfg, RunDir(run_dir), dist
         self.console = Console(stderr=True, highlight=False) if progress and dist.is_main \
             else None
         self._log = log
-        self.ckpt_dir = run_dir / "checkpoints"
-        self.metrics = MetricsLog(run_dir / "metrics.csv", enabled=dist.is_main)
+        self.ckpt_dir = self.run_dir.checkpoints
+        self.metrics = MetricsLog(self.run_dir.metrics, enabled=dist.is_main)
         self.best_f1: float | None = None
         self.best_step: int | None = None
         self.last_f1: float | None = None
@@ -163,7 +168,7 @@ class TrainingRun:
         elif self.console is not None:
             self.console.print(message)
         if self.dist.is_main:
-            with (self.run_dir / "train.log").open("a") as handle:
+            with self.run_dir.log.open("a") as handle:
                 handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
     # -- setup ------------------------------------------------------------------------------
@@ -182,14 +187,14 @@ class TrainingRun:
             self.log(f"initial weights: {report.summary()}")
         model = model.to(dist.device)
         self.data_config = model_data_config(model)
-        channels_last = dist.device.type == "cuda" and cfg.train.channels_last
+        channels_last = use_channels_last(cfg.train.channels_last, dist.device)
         normalize = Normalizer(self.data_config["mean"], self.data_config["std"],
                                cfg.data.input_size, dist.device, channels_last)
         weights = (class_loss_weights(self.data.class_counts, cfg.data.balance_power)
                    if cfg.data.balance == "weights" else None)
         hidden = (torch.from_numpy(data.hidden_labels) if data.hidden_labels is not None
                   else None)
-        if cfg.ssl.oracle and (hidden is None or cfg.ssl.method == "none"):
+        if cfg.ssl.oracle and (hidden is None or not uses_unlabelled(cfg)):
             raise AbawError("ssl.oracle needs an SSL method and unlabelled images whose true "
                             "class is known (the demo's, or few-label leftovers); this run has "
                             "none")
@@ -231,7 +236,7 @@ class TrainingRun:
             self.log("no checkpoint in this run yet: starting from step 0")
             return 0
         if ckpt.read_pointer(self.ckpt_dir) is None:
-            self.log(f"{self.ckpt_dir / ckpt.POINTER} was missing: resuming from the newest "
+            self.log(f"{self.run_dir.pointer} was missing: resuming from the newest "
                      f"complete checkpoint (step {loaded[1]['step']})")
         tensors, saved = loaded
         self._check_same_stream(saved)
@@ -296,8 +301,9 @@ class TrainingRun:
     def _loop(self, batches: Iterator[Batch], start: int, end: int) -> None:
         meter = Meter()
         images_per_step = self.cfg.data.batch_size * self.dist.world_size * (
-            1 if self.cfg.ssl.method == "none" else 1 + 2 * self.cfg.ssl.uratio)
-        with _step_bar(self.console, f"train {self.run_dir.name}", start, end) as advance:
+            1 + 2 * self.cfg.ssl.uratio if uses_unlabelled(self.cfg) else 1)
+        with progress_bar(self.console is not None, f"train {self.run_dir.name}", end,
+                          "steps", console=self.console, completed=start) as advance:
             tick = time.perf_counter()
             for step in range(start, end):
                 batch = next(batches)
@@ -435,11 +441,11 @@ class TrainingRun:
     def _plots(self) -> list[Path]:
         from abaw_kit.plots.train import plot_training
 
-        return plot_training(self.run_dir / "metrics.csv", self.run_dir / "plots")
+        return plot_training(self.run_dir.metrics, self.run_dir.plots)
 
     def _summary(self, *, completed: bool, final_step: int) -> dict[str, Any]:
         threshold = self.state.threshold
-        best = self.ckpt_dir / ckpt.BEST
+        best = self.run_dir.best
         return {
             "run": self.run_dir.name, "run_dir": str(self.run_dir), "completed": completed,
             "ssl": self.cfg.ssl.method, "backbone": self.cfg.model.backbone,
@@ -452,27 +458,13 @@ class TrainingRun:
             "unlabelled_images": self.data.num_unlabelled,
             "class_thresholds": (threshold.class_thresholds().cpu().tolist()
                                  if threshold is not None else None),
-            "config": str(self.run_dir / "config.yaml"),
-            "metrics_csv": str(self.run_dir / "metrics.csv"),
+            "config": str(self.run_dir.config),
+            "metrics_csv": str(self.run_dir.metrics),
             "checkpoint_best": str(best) if best.is_file() else None,
             "checkpoint_last": (str(ckpt.weights_file(self.ckpt_dir, "last"))
                                 if self.last_saved is not None else None),
             "plots": [],
         }
-
-
-@contextlib.contextmanager
-def _step_bar(console: Console | None, description: str, start: int,
-              end: int) -> Iterator[Callable[[int], None]]:
-    """A step bar on the run's console, so log lines print above it instead of through it."""
-    if console is None:
-        yield lambda _n: None
-        return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("steps"), TimeRemainingColumn())
-    with Progress(*columns, console=console) as bar:
-        task = bar.add_task(description, total=end, completed=start)
-        yield lambda n: bar.advance(task, n)
 
 
 def batch_stream(labelled_iter: Iterator[Any], unlabelled_iter: Iterator[Any] | None
@@ -485,6 +477,11 @@ def batch_stream(labelled_iter: Iterator[Any], unlabelled_iter: Iterator[Any] | 
         else:
             weak, strong, indices, broken = next(unlabelled_iter)
             yield Batch(images, labels, weak, strong, indices, broken)
+
+
+def uses_unlabelled(cfg: TrainConfig) -> bool:
+    """Whether the run's SSL method learns from an unlabelled stream (the method says)."""
+    return threshold_class(cfg.ssl.method).uses_unlabelled
 
 
 def _seed_everything(seed: int, deterministic: bool, device: torch.device) -> str | None:

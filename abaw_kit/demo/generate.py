@@ -1,4 +1,4 @@
-"""The built-in demo release: a small synthetic Aff-Wild2 in exactly the official layout.
+"""The demo generator: writes a small synthetic Aff-Wild2 in exactly the official layout.
 
 Why: every command of the toolkit (prepare from crops or from videos, ingest, train, evaluate,
 submit) must run end to end without the licensed data, on a laptop, in minutes. Everything is
@@ -44,18 +44,20 @@ from PIL import Image
 from scipy import ndimage
 
 from abaw_kit.classes import ANNOTATION_HEADER, IGNORE_LABEL, NUM_CLASSES, SUBMISSION_HEADER
-from abaw_kit.data import synthetic_faces as sf
+from abaw_kit.demo import (
+    DEMO_MARKER,
+    TEST_LABELS_FILE,
+    UNLABELED_FOLDER,
+    UNLABELED_LABELS_FILE,
+    UNLABELED_RECORDIO,
+    is_demo,
+)
+from abaw_kit.demo import faces as sf
 from abaw_kit.errors import AbawError
 
 DEMO_VERSION = 3
 """Bump when the generated content changes, so cached demo folders are regenerated."""
 
-DEMO_MARKER = "DEMO.json"
-TEST_LABELS_FILE = "demo_test_labels.txt"
-UNLABELED_LABELS_FILE = "demo_unlabeled_labels.csv"
-"""path,label,hash: the expression each unlabelled face was drawn with, for measuring how right
-pseudo-labels are (``unlabeled/folder/<id>/<n>.jpg`` or ``unlabeled/recordio/train.rec#<i>``;
-``hash`` is the content hash `abaw ingest` stores, so the trainer can match index rows)."""
 ANNOTATION_DIR = "6th_ABAW_Annotations/EXPR_Recognition_Challenge"
 SPLIT_DIRS = {"train": "Train_Set", "val": "Validation_Set"}
 CROPS_DIR = "cropped_aligned"
@@ -63,8 +65,6 @@ LATE_CROPS_DIR = "cropped_aligned_new_50_vids"
 TEST_LIST_FILE = ("names_of_videos_in_each_test_set/"
                   "Expression_Classification_Challenge_test_set_release.txt")
 TEST_EXAMPLE_FILE = "test_set_examples/CVPR_5th_ABAW_EXPR_test_set_example.txt"
-UNLABELED_FOLDER = "unlabeled/folder"
-UNLABELED_RECORDIO = "unlabeled/recordio"
 
 FRAME_WIDTH, FRAME_HEIGHT = 256, 192
 JPEG_QUALITY = 90
@@ -143,11 +143,6 @@ EXAMPLE_SHORTFALL = 3
 
 
 # ----------------------------------------------------------------------------- public API
-
-def is_demo(root: str | Path) -> bool:
-    """True if ``root`` is a demo release made by :func:`generate_demo`."""
-    return (Path(root) / DEMO_MARKER).is_file()
-
 
 def read_demo_info(root: str | Path) -> dict[str, Any]:
     """The contents of ``DEMO.json`` (seed, version, scale, counts, per-video facts)."""
@@ -706,6 +701,7 @@ def _write_release(root: Path, seed: int, scale: float, progress: bool) -> None:
         advance("unlabelled faces")
     info = {
         "seed": seed, "version": DEMO_VERSION, "scale": scale,
+        # the module's name when DEMO_VERSION 3 was made, kept so the release stays byte-identical
         "generator": "abaw_kit.data.demo",
         "counts": {**_split_counts(videos), "unlabeled": unlabeled},
         "test_labels": TEST_LABELS_FILE,
