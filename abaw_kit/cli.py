@@ -11,16 +11,19 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
-from rich.table import Table
+from rich.console import Console, RenderableType
 
 from abaw_kit.errors import AbawError, environment_error_message
 from abaw_kit.faces.detector import DEFAULT_DETECTOR
 from abaw_kit.ssl.registry import available_thresholds
+from abaw_kit.tables import kv_table, right, rows_table
 from abaw_kit.workspace import Workspace
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="ABAW EXPR toolkit: prepare -> ingest -> train -> evaluate -> submit.")
@@ -71,7 +74,7 @@ def user_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def emit(result: dict[str, Any], as_json: bool, *tables: Table) -> None:
+def emit(result: dict[str, Any], as_json: bool, *tables: RenderableType) -> None:
     """JSON on stdout for scripts, or rich tables for people."""
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
@@ -79,15 +82,6 @@ def emit(result: dict[str, Any], as_json: bool, *tables: Table) -> None:
     out = Console()
     for table in tables:
         out.print(table)
-
-
-def kv_table(title: str, rows: dict[str, Any]) -> Table:
-    table = Table(title=title, show_header=False)
-    table.add_column("what", style="bold")
-    table.add_column("value")
-    for key, value in rows.items():
-        table.add_row(str(key), str(value))
-    return table
 
 
 @app.command()
@@ -125,15 +119,14 @@ def prepare(
 
 
 def _prepare_tables(result: dict[str, Any]) -> list[Table]:
-    table = Table(title=f"face store in {result['workspace']} (source: {result['source']})")
-    for column in ("split", "videos", "frames", "frames with face",
-                   "labelled frames with face", "skipped"):
-        table.add_column(column, justify="right" if column != "split" else "left")
+    rows = []
     for split, rep in result["splits"].items():
         skipped = "; ".join(f"{k}: {v['count']}" for k, v in rep["skipped"].items()) or "-"
-        table.add_row(split, str(rep["videos"]), str(rep["frames"]), str(rep["frames_with_face"]),
-                      str(rep["labelled_frames_with_face"]), skipped)
-    return [table]
+        rows.append((split, rep["videos"], rep["frames"], rep["frames_with_face"],
+                     rep["labelled_frames_with_face"], skipped))
+    return [rows_table(f"face store in {result['workspace']} (source: {result['source']})",
+                       ["split", *right("videos", "frames", "frames with face",
+                                        "labelled frames with face", "skipped")], rows)]
 
 
 @app.command()
@@ -274,13 +267,12 @@ def embed(
     ws = Workspace.resolve(work)
     result = embed_run(ws, run, split, device=device, batch_size=batch_size, force=force,
                        progress=not as_json, log=console.print)
-    table = Table(title=f"embeddings of run {result['run']} ({result['backbone']}, "
-                        f"{Path(result['checkpoint']).name}, step {result['step']})")
-    for column in ("split", "videos", "frames embedded", "dim", "skipped as done"):
-        table.add_column(column, justify="left" if column == "split" else "right")
-    for name, rep in result["splits"].items():
-        table.add_row(name, str(rep["videos"]), str(rep["frames_embedded"]), str(rep["dim"]),
-                      str(rep["videos_skipped_done"]))
+    table = rows_table(
+        f"embeddings of run {result['run']} ({result['backbone']}, "
+        f"{Path(result['checkpoint']).name}, step {result['step']})",
+        ["split", *right("videos", "frames embedded", "dim", "skipped as done")],
+        [(name, rep["videos"], rep["frames_embedded"], rep["dim"], rep["videos_skipped_done"])
+         for name, rep in result["splits"].items()])
     emit(result, as_json, table)
 
 
@@ -419,12 +411,9 @@ def predict(
                             detect_every=detect_every, detect_size=detect_size,
                             device=device, force=force,
                             progress=not as_json)
-    table = Table(title="predictions")
-    for column in ("video", "frames", "frames with face", "csv", "timeline"):
-        table.add_column(column)
-    for item in result["videos"]:
-        table.add_row(item["video"], str(item["frames"]), str(item["frames_with_face"]),
-                      item["csv"], item["timeline"])
+    table = rows_table("predictions", ["video", "frames", "frames with face", "csv", "timeline"],
+                       [(item["video"], item["frames"], item["frames_with_face"], item["csv"],
+                         item["timeline"]) for item in result["videos"]])
     emit(result, as_json, table)
 
 

@@ -16,11 +16,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from rich.table import Table
 
 from abaw_kit import submission as sub
 from abaw_kit.classes import CLASS_NAMES, NUM_CLASSES
@@ -41,7 +40,11 @@ from abaw_kit.smoothing import (
     recorded_smoothing,
 )
 from abaw_kit.smoothing import smooth as apply_smoothing
+from abaw_kit.tables import METRIC_DIGITS, kv_table, right, rows_table
 from abaw_kit.workspace import Workspace, atomic_path, atomic_write_json
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 ProbabilityProvider = Callable[[Path, FaceStore, str], np.ndarray]
 """(run_dir, store, split) -> float [len(store.index), 8], NaN rows for frames without a face."""
@@ -409,27 +412,21 @@ def check_file(path: str | Path, work: Workspace) -> dict[str, Any]:
 
 def evaluation_tables(result: dict[str, Any], worst_videos: int = 5) -> list[Table]:
     """Rich tables for people: the summary, per class, and the videos with the lowest F1."""
-    summary = Table(title=f"evaluation of split {result['split']}", show_header=False)
-    summary.add_column("what", style="bold")
-    summary.add_column("value")
-    for key in ("run", "model", "predictions_file", "smoothing", "macro_f1_before_smoothing",
-                "macro_f1", "accuracy", "n_frames", "frames_filled", "report_file"):
-        if result.get(key) is not None:
-            value = result[key]
-            summary.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-    classes = Table(title="per class")
-    for column in ("class", "F1", "support"):
-        classes.add_column(column, justify="left" if column == "class" else "right")
-    for name in CLASS_NAMES:
-        classes.add_row(name, f"{result['per_class_f1'][name]:.4f}",
-                        str(result["support"][name]))
+    summary = kv_table(f"evaluation of split {result['split']}",
+                       [(key, result[key]) for key in (
+                           "run", "model", "predictions_file", "smoothing",
+                           "macro_f1_before_smoothing", "macro_f1", "accuracy", "n_frames",
+                           "frames_filled", "report_file") if result.get(key) is not None],
+                       digits=METRIC_DIGITS)
+    classes = rows_table("per class", ["class", *right("F1", "support")],
+                         [(name, float(result["per_class_f1"][name]), result["support"][name])
+                          for name in CLASS_NAMES], digits=METRIC_DIGITS)
     tables = [summary, classes]
     per_video = result.get("per_video_f1") or {}
     if per_video:
-        worst = Table(title=f"{min(worst_videos, len(per_video))} videos with the lowest F1")
-        worst.add_column("video")
-        worst.add_column("F1", justify="right")
-        for video, score in sorted(per_video.items(), key=lambda item: item[1])[:worst_videos]:
-            worst.add_row(video, f"{score:.4f}")
-        tables.append(worst)
+        worst = sorted(per_video.items(), key=lambda item: item[1])[:worst_videos]
+        tables.append(rows_table(
+            f"{min(worst_videos, len(per_video))} videos with the lowest F1",
+            ["video", *right("F1")], [(video, float(score)) for video, score in worst],
+            digits=METRIC_DIGITS))
     return tables

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from io import BytesIO
@@ -255,6 +256,22 @@ def test_same_seed_same_bytes_and_generation_is_idempotent(tmp_path: Path) -> No
     crops = [k for k in digest if k.endswith(".jpg") and k in changed]
     assert crops and all(digest[k] != changed[k] for k in crops[:20])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
+
+
+def test_a_deleted_or_truncated_file_is_generated_again(tmp_path: Path) -> None:
+    """A matching DEMO.json is not trusted alone: the files it lists must still be whole."""
+    release = generate_demo(tmp_path / "demo", seed=3, scale=0.03)
+    digest = _tree_digest(release)
+    next(p for p in sorted((release / demo.CROPS_DIR).rglob("*.jpg"))).unlink()
+    video = next(p for p in sorted((release / "batch1").iterdir()))
+    with video.open("r+b") as handle:
+        handle.truncate(video.stat().st_size // 2)
+    assert generate_demo(release, seed=3, scale=0.03) == release
+    assert _tree_digest(release) == digest
+    (release / demo.DEMO_MARKER).write_text(json.dumps(  # a marker without the file list
+        {k: v for k, v in read_demo_info(release).items() if k != "files"}))
+    generate_demo(release, seed=3, scale=0.03)
+    assert _tree_digest(release) == digest
 
 
 def test_refuses_to_overwrite_other_data(tmp_path: Path) -> None:

@@ -217,6 +217,27 @@ def test_rerunning_a_finished_ingest_reads_nothing_again(tmp_path, monkeypatch):
     assert ingest([rec], tmp_path / "out") == first
 
 
+@pytest.mark.parametrize("damage", ["truncated", "deleted sources.json"])
+def test_a_merged_index_that_does_not_open_is_merged_again(tmp_path, damage):
+    rec = build_rec(tmp_path / "rec", [make_jpeg(i) for i in range(4)])
+    first = ingest([rec], tmp_path / "out")
+    expected = index_table(tmp_path / "out")
+    index = tmp_path / "out" / "index.parquet"
+    if damage == "truncated":
+        index.write_bytes(index.read_bytes()[: index.stat().st_size // 2])
+    else:
+        (tmp_path / "out" / "sources.json").unlink()
+    with pytest.raises(AbawError):
+        UnlabeledIndex(tmp_path / "out")
+    again = merge(tmp_path / "out")
+    assert again["ingested"] == first["ingested"] == 4
+    assert len(UnlabeledIndex(tmp_path / "out")) == 4
+    pd.testing.assert_frame_equal(index_table(tmp_path / "out"), expected)
+    index.write_bytes(b"PAR1 not an index")
+    assert ingest([rec], tmp_path / "out")["ingested"] == 4  # the CLI's path merges too
+    assert len(UnlabeledIndex(tmp_path / "out")) == 4
+
+
 def test_other_options_start_over_instead_of_mixing(tmp_path):
     rec = build_rec(tmp_path / "rec", [make_jpeg(i) for i in range(6)])
     ingest([rec], tmp_path / "out", limit=2)

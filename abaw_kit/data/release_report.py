@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rich.table import Table
+from rich.console import RenderableType
 
 from abaw_kit.classes import CLASS_NAMES, IGNORE_LABEL, NUM_CLASSES
 from abaw_kit.data.release import SPLIT_FOLDERS, AnnotatedVideo, Release, video_crops
 from abaw_kit.data.release_files import read_annotation
+from abaw_kit.tables import count, right, rows_table, stack
 from abaw_kit.workspace import SPLITS
 
 ISSUE_KINDS: dict[str, str] = {
@@ -219,39 +220,23 @@ def _check_test(release: Release, stats: dict[str, Any], issues: _Issues) -> Non
                 issues.add("test_video_not_in_test_list", name)
 
 
-def _number(value: int | None) -> str:
-    return "-" if value is None else f"{value:,}"
-
-
-def summary_table(summary: dict[str, Any]) -> Table:
+def summary_table(summary: dict[str, Any]) -> RenderableType:
     """Counts per split, labelled frames per class, and the issues, stacked in one renderable."""
-    counts = Table(title=f"Aff-Wild2 EXPR release at {summary['root']}", title_justify="left")
-    counts.add_column("split")
-    for header in ("videos", "frames", "labelled", "with face", "labelled with face"):
-        counts.add_column(header, justify="right")
-    classes = Table(title="Labelled frames per class", title_justify="left")
-    classes.add_column("split")
-    for name in CLASS_NAMES:
-        classes.add_column(name, justify="right")
-    problems = Table(title="Issues", title_justify="left")
-    for header in ("split", "kind", "count", "examples"):
-        problems.add_column(header, justify="right" if header == "count" else "left")
-
+    counts, classes, problems = [], [], []
     for split, stats in summary["splits"].items():
-        counts.add_row(split, _number(stats["videos"]), _number(stats["frames"]),
-                       _number(stats["labelled_frames"]), _number(stats["frames_with_face"]),
-                       _number(stats["labelled_frames_with_face"]))
+        counts.append((split, *(count(stats[key]) for key in (
+            "videos", "frames", "labelled_frames", "frames_with_face",
+            "labelled_frames_with_face"))))
         if stats["labelled_frames"]:
-            classes.add_row(split, *(_number(n) for n in stats["class_counts"]))
+            classes.append((split, *(count(n) for n in stats["class_counts"])))
         for issue in stats["issues"]:
-            problems.add_row(split, issue["kind"], _number(issue["count"]),
-                             "; ".join(issue["examples"]))
-    if not problems.row_count:
-        problems.add_row("-", "none", "0", "")
-
-    layout = Table.grid(padding=(1, 0))
-    layout.add_row(counts)
-    if classes.row_count:
-        layout.add_row(classes)
-    layout.add_row(problems)
-    return layout
+            problems.append((split, issue["kind"], count(issue["count"]),
+                             "; ".join(issue["examples"])))
+    return stack(
+        rows_table(f"Aff-Wild2 EXPR release at {summary['root']}",
+                   ["split", *right("videos", "frames", "labelled", "with face",
+                                    "labelled with face")], counts, title_justify="left"),
+        rows_table("Labelled frames per class", ["split", *right(*CLASS_NAMES)], classes,
+                   title_justify="left") if classes else None,
+        rows_table("Issues", ["split", "kind", *right("count"), "examples"],
+                   problems or [("-", "none", "0", "")], title_justify="left"))

@@ -54,6 +54,7 @@ from abaw_kit.demo import (
 )
 from abaw_kit.demo import faces as sf
 from abaw_kit.errors import AbawError
+from abaw_kit.progress import step_bar
 
 DEMO_VERSION = 3
 """Bump when the generated content changes, so cached demo folders are regenerated."""
@@ -169,7 +170,8 @@ def generate_demo(out_dir: str | Path, seed: int = 0, *, progress: bool = False,
     if is_demo(out_dir):
         info = read_demo_info(out_dir)
         if (info.get("seed"), info.get("version"), info.get("scale")) == (seed, DEMO_VERSION,
-                                                                           scale):
+                                                                           scale) \
+                and _complete(out_dir, info):
             return out_dir
     elif out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise AbawError(f"{out_dir} exists and is not a demo release; refusing to overwrite it, "
@@ -189,6 +191,32 @@ def generate_demo(out_dir: str | Path, seed: int = 0, *, progress: bool = False,
 def demo_counts(seed: int = 0, scale: float = 1.0) -> dict[str, Any]:
     """Frame and class counts per split that :func:`generate_demo` would write (no rendering)."""
     return _split_counts(_plan(seed, scale))
+
+
+def _file_sizes(root: Path) -> dict[str, list[int]]:
+    """Per folder of the release (``.``: the top), its number of files and their total bytes:
+    what ``DEMO.json`` records so a later run can tell a deleted or truncated file."""
+    sizes: dict[str, list[int]] = {}
+    for folder, _dirs, files in os.walk(root):
+        rel = Path(folder).relative_to(root).as_posix()
+        names = [name for name in files if not (rel == "." and name == DEMO_MARKER)]
+        if names:
+            sizes[rel] = [len(names), sum((Path(folder) / name).stat().st_size
+                                          for name in names)]
+    return dict(sorted(sizes.items()))
+
+
+def _complete(root: Path, info: dict[str, Any]) -> bool:
+    """Every folder ``DEMO.json`` lists still holds its files with their bytes (a marker from
+    before the list was kept proves nothing: the release is generated again)."""
+    recorded = info.get("files")
+    if not isinstance(recorded, dict) or not recorded:
+        return False
+    try:
+        found = _file_sizes(root)
+    except OSError:
+        return False
+    return all(found.get(folder) == list(entry) for folder, entry in recorded.items())
 
 
 def _swap_into_place(staging: Path, out_dir: Path) -> None:
@@ -684,7 +712,7 @@ def _video_info(video: _Video) -> dict[str, Any]:
 def _write_release(root: Path, seed: int, scale: float, progress: bool) -> None:
     videos = _plan(seed, scale)
     steps = len(videos) + 1
-    with _progress(progress, steps) as advance, _pool() as pool:
+    with step_bar(progress, "demo data", steps) as advance, _pool() as pool:
         # Every job draws from its own seeded generator, so the bytes do not depend on the
         # number of processes or the order in which jobs finish.
         unlabeled_job = pool.submit(_write_unlabeled, root, seed, scale)
@@ -706,6 +734,7 @@ def _write_release(root: Path, seed: int, scale: float, progress: bool) -> None:
         "counts": {**_split_counts(videos), "unlabeled": unlabeled},
         "test_labels": TEST_LABELS_FILE,
         "videos": {v.name: _video_info(v) for v in videos},
+        "files": _file_sizes(root),
     }
     (root / DEMO_MARKER).write_text(json.dumps(info, indent=2) + "\n")
 
@@ -721,20 +750,3 @@ def _pool() -> Iterator[Executor]:
     with ProcessPoolExecutor(max_workers=workers,
                              mp_context=multiprocessing.get_context("spawn")) as pool:
         yield pool
-
-
-@contextmanager
-def _progress(enabled: bool, total: int) -> Iterator[Any]:
-    """A rich progress bar when asked for (CLI), a silent counter otherwise (library, tests)."""
-    if not enabled:
-        yield lambda _label: None
-        return
-    from rich.progress import Progress
-
-    with Progress(transient=True) as bar:
-        task = bar.add_task("demo data", total=total)
-
-        def advance(label: str) -> None:
-            bar.update(task, advance=1, description=f"demo data: {label}")
-
-        yield advance

@@ -24,11 +24,13 @@ import pyarrow as pa
 
 from abaw_kit.errors import AbawError
 from abaw_kit.faces.detector import DEFAULT_DETECTOR
+from abaw_kit.progress import counting_bar
 from abaw_kit.unlabeled import parts
 from abaw_kit.unlabeled.aligning import FaceAligner
 from abaw_kit.unlabeled.dedup import DigestSet, hex_column
 from abaw_kit.unlabeled.images import EMPTY, content_hash, open_image
-from abaw_kit.unlabeled.report import IngestProgress, summary_table
+from abaw_kit.unlabeled.index import UnlabeledIndex
+from abaw_kit.unlabeled.report import summary_table
 from abaw_kit.unlabeled.sampling import (
     SUBSET_STREAM,
     VERIFY_STREAM,
@@ -233,7 +235,7 @@ class _ShardRun:
         self.started, self.seconds_before = time.perf_counter(), float(self.stats["seconds"])
         description = f"ingest shard {self.shard[0]}/{self.shard[1]}"
         shard_total = None if total is None else math.ceil(total / self.shard[1])
-        with IngestProgress(self.progress, description, shard_total) as update:
+        with counting_bar(self.progress, description, shard_total) as update:
             self.update = update
             for source in self.sources[state.next[0]:]:
                 start = state.next[1] if source.sid == state.next[0] else 0
@@ -380,10 +382,19 @@ def merge(out_dir: Path) -> dict[str, Any]:
         if saved.is_file() and (out_dir / "index.parquet").is_file():
             with contextlib.suppress(ValueError):
                 previous = json.loads(saved.read_text())
-                if previous.get("fingerprint") == states[0].fingerprint:
+                if previous.get("fingerprint") == states[0].fingerprint and _readable(out_dir):
                     return previous
         parts.sweep_merge_temporaries(out_dir)  # a merge killed before left its files
         return _merge(out_dir, states)
+
+
+def _readable(out_dir: Path) -> bool:
+    """Done means the index opens as training opens it, not merely that its files are there."""
+    try:
+        UnlabeledIndex(out_dir).close()
+    except AbawError:
+        return False
+    return True
 
 
 def _merge(out_dir: Path, states: list[parts.ShardState]) -> dict[str, Any]:
