@@ -402,6 +402,13 @@ def config_diff(old: TrainConfig, new: TrainConfig) -> list[tuple[str, Any, Any]
             if flat_old.get(key) != flat_new.get(key)]
 
 
+def changed_keys(old: TrainConfig, new: TrainConfig, allowed: Callable[[str], bool]) -> str:
+    """"key: old -> new; ..." (at most three) for the keys that differ and ``allowed`` does
+    not accept; "" when there are none: what a resume or a fixed-run refusal shows."""
+    changed = [(k, a, b) for k, a, b in config_diff(old, new) if not allowed(k)]
+    return "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changed[:3])
+
+
 def find_config_file(name: str | Path) -> Path:
     """A path, or the name of a bundled config (``dtm``, ``demo.yaml``)."""
     path = Path(name).expanduser()

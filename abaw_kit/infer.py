@@ -31,7 +31,12 @@ from abaw_kit.progress import progress_bar
 from abaw_kit.run_dir import RunDir
 from abaw_kit.train.checkpoint import read_weights, split_weights, usable_weights
 from abaw_kit.train.distributed import resolve_device
-from abaw_kit.train.gpu import device_amp_dtype, model_memory_format, use_channels_last
+from abaw_kit.train.gpu import (
+    autocast,
+    device_amp_dtype,
+    model_memory_format,
+    use_channels_last,
+)
 from abaw_kit.train.model import Normalizer, create_model
 from abaw_kit.workspace import atomic_path, atomic_write_json
 
@@ -110,10 +115,8 @@ def _device_outputs(model: nn.Module, normalize: Normalizer, images: torch.Tenso
                     head: Head = class_probabilities) -> torch.Tensor:
     """``head`` of a uint8 batch, left on the model's device (call under inference_mode)."""
     x = normalize(images)
-    if amp_dtype is not None:
-        with torch.autocast(device_type="cuda", dtype=amp_dtype):
-            return head(model, x)
-    return head(model, x)
+    with autocast(amp_dtype):
+        return head(model, x)
 
 
 class FaceRowBatches(Dataset):

@@ -62,6 +62,7 @@ class SplitWindows:
                              for v, s in zip(plan.videos, plan.starts, strict=True)], bool)
             plan = WindowPlan(plan.videos[keep], plan.starts[keep], window)
         self.plan, self.window, self.stride = plan, window, min(stride, window)
+        self._masks: np.ndarray | None = None
 
     def _has_loss(self, video: int, start: int, window: int) -> bool:
         part = slice(start, start + window)
@@ -84,11 +85,15 @@ class SplitWindows:
         return counts
 
     def masks(self) -> np.ndarray:
-        """bool [windows, window]: which positions of each window hold a face (no reading)."""
+        """bool [windows, window]: which positions of each window hold a face (no reading);
+        computed once, as every validation stitches with them."""
+        if self._masks is not None:
+            return self._masks
         out = np.zeros((len(self.plan), self.window), bool)
         for i, (video, start) in enumerate(zip(self.plan.videos, self.plan.starts, strict=True)):
             rows = self.face_rows[int(video)][int(start):int(start) + self.window]
             out[i, :len(rows)] = rows >= 0
+        self._masks = out
         return out
 
     def gather(self, indices: Sequence[int] | np.ndarray,

@@ -14,7 +14,6 @@ Under torchrun every rank trains on its share of each global batch (DDP); rank 0
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 
 from abaw_kit.classes import NUM_CLASSES
-from abaw_kit.config import TemporalConfig, TrainConfig, config_diff, load_config, save_config
+from abaw_kit.config import TemporalConfig, TrainConfig, changed_keys, load_config, save_config
 from abaw_kit.data.store import FaceStore
 from abaw_kit.embed import EmbeddingStore
 from abaw_kit.errors import AbawError
@@ -44,8 +43,8 @@ from abaw_kit.temporal.windows import stitch
 from abaw_kit.train import checkpoint as ckpt
 from abaw_kit.train.data import class_loss_weights
 from abaw_kit.train.distributed import DistContext, init_distributed
-from abaw_kit.train.gpu import device_amp_dtype
-from abaw_kit.train.logbook import MetricsLog
+from abaw_kit.train.gpu import autocast, device_amp_dtype
+from abaw_kit.train.logbook import MetricsLog, RunLog
 from abaw_kit.workspace import Workspace
 
 Log = Callable[[str], None]
@@ -76,10 +75,9 @@ def resolve_temporal_config(run_dir: Path | RunDir, config: str | Path | None, o
         raise AbawError(f"{run_dir}: {what}")
     base = load_config(source)
     cfg = resolve_config(config, overrides, flags, base=base)
-    fixed = [(k, a, b) for k, a, b in config_diff(base, cfg)
-             if not k.startswith("temporal.") and k not in ("train.device", "train.threads")]
-    if fixed:
-        shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in fixed[:3])
+    shown = changed_keys(base, cfg, lambda key: key.startswith("temporal.")
+                         or key in ("train.device", "train.threads"))
+    if shown:
         raise AbawError(f"train-temporal changes only temporal.* keys (and train.device / "
                         f"train.threads); the frame run's keys are fixed ({shown}); train a "
                         "new frame run for those")
@@ -196,9 +194,8 @@ def _open_folder(run_dir: RunDir, cfg: TrainConfig, resume: bool,
     ckpt_dir = folder.checkpoints
     if resume:
         saved = load_config(folder.config)
-        changed = [(k, a, b) for k, a, b in config_diff(saved, cfg) if k not in RESUME_MUTABLE]
-        if changed:
-            shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changed[:3])
+        shown = changed_keys(saved, cfg, RESUME_MUTABLE.__contains__)
+        if shown:
             raise AbawError(f"--resume: the config differs from {folder.config} "
                             f"({shown}); resume with the model's own config, or start anew "
                             "with --force")
@@ -240,7 +237,7 @@ class TemporalRun:
         self.folder = ModelDir(folder)
         self.console = Console(stderr=True, highlight=False) if progress and dist.is_main \
             else None
-        self._log = log
+        self.log = RunLog(self.folder.log, console=self.console, log=log, enabled=dist.is_main)
         self.ckpt_dir = self.folder.checkpoints
         self.metrics = MetricsLog(self.folder.metrics, enabled=dist.is_main, columns=COLUMNS)
         self.best_f1: float | None = None
@@ -249,15 +246,6 @@ class TemporalRun:
         self.last_saved: int | None = None
         self.seconds = 0.0
         self.windows_seen = 0
-
-    def log(self, message: str) -> None:
-        if self._log is not None:
-            self._log(message)
-        elif self.console is not None:
-            self.console.print(message)
-        if self.dist.is_main:
-            with self.folder.log.open("a") as handle:
-                handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
     @property
     def run_name(self) -> str:
@@ -367,7 +355,7 @@ class TemporalRun:
         batch = self._to_device(self.data.train.gather(indices, shifts))
         x = F.dropout(batch["x"], self.t.input_dropout, training=True)
         self.model.train()
-        with self._autocast():
+        with autocast(self.amp_dtype):
             logits = self.model(x, batch["mask"])
         loss = window_loss(logits.float(), batch["labels"], self.class_weights)
         self.optimizer.zero_grad(set_to_none=True)
@@ -386,11 +374,6 @@ class TemporalRun:
             out[name] = (tensor.pin_memory() if pin else tensor).to(self.dist.device,
                                                                     non_blocking=pin)
         return out
-
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
 
     def _after_step(self, done: int, loss_sum: torch.Tensor, logged: int) -> bool:
         """Validate / log / save as due; True when the loss interval was written out."""
@@ -519,9 +502,7 @@ def window_probabilities(model: nn.Module, windows: SplitWindows, indices: np.nd
             batch = windows.gather(part)
             x = torch.from_numpy(batch.x).to(device)
             mask = torch.from_numpy(batch.mask).to(device)
-            context = (torch.autocast(device_type="cuda", dtype=amp_dtype) if amp_dtype
-                       else contextlib.nullcontext())
-            with context:
+            with autocast(amp_dtype):
                 logits = model(x, mask)
             out[start:start + len(part)] = logits.float().softmax(-1).cpu().numpy()
             if advance is not None:

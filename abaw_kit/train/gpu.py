@@ -5,7 +5,9 @@ and determinism.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -33,6 +35,13 @@ def amp_dtype(choice: str, device_type: str,
         fast_bf16 = capability is not None and tuple(capability) >= BF16_TENSOR_CORES
         return torch.bfloat16 if fast_bf16 else torch.float16
     return torch.bfloat16 if choice == "bf16" else torch.float16
+
+
+def autocast(amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+    """CUDA autocast to ``amp_dtype`` (``device_amp_dtype``'s choice), or nothing for float32."""
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda", dtype=amp_dtype)
 
 
 def device_capability(device: torch.device) -> tuple[int, int] | None:

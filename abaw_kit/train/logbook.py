@@ -9,10 +9,13 @@ from __future__ import annotations
 import csv
 import io
 import math
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
 
 from abaw_kit.classes import CLASS_NAMES
 from abaw_kit.workspace import atomic_write_text
@@ -57,6 +60,25 @@ class Meter:
             out["pseudo_acc"] = float(self.sums["pseudo_correct"]) / float(checked)
         self.sums, self.counts = {}, {}
         return out
+
+
+class RunLog:
+    """A training session's messages: to the caller's ``log``, else the console (with
+    --progress), and appended with a time stamp to the model folder's train.log by the one
+    process that writes (``enabled``)."""
+
+    def __init__(self, path: Path, *, console: Console | None,
+                 log: Callable[[str], None] | None, enabled: bool) -> None:
+        self.path, self.console, self.log, self.enabled = path, console, log, enabled
+
+    def __call__(self, message: str) -> None:
+        if self.log is not None:
+            self.log(message)
+        elif self.console is not None:
+            self.console.print(message)
+        if self.enabled:
+            with self.path.open("a") as handle:
+                handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
 
 class MetricsLog:

@@ -31,7 +31,7 @@ from abaw_kit.ssl import (
     negative_learning_loss,
 )
 from abaw_kit.train.distributed import DistContext
-from abaw_kit.train.gpu import device_amp_dtype, use_channels_last
+from abaw_kit.train.gpu import autocast, device_amp_dtype, use_channels_last
 from abaw_kit.train.model import Normalizer
 
 EMA_WARMUP_POWER = 0.75  # timm's suggestion for runs of < ~100k steps
@@ -80,9 +80,7 @@ class TrainState:
     first_bad_step: Tensor | None = None  # on the device: see note_finite
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+        return autocast(self.amp_dtype)
 
     @property
     def lr(self) -> float:

@@ -22,7 +22,7 @@ from abaw_kit.classes import NUM_CLASSES
 from abaw_kit.config import (
     RESUME_MUTABLE,
     TrainConfig,
-    config_diff,
+    changed_keys,
     load_config,
     save_config,
 )
@@ -48,7 +48,7 @@ from abaw_kit.train.gpu import (
     precision_note,
     use_channels_last,
 )
-from abaw_kit.train.logbook import THRESHOLD_COLUMNS, Meter, MetricsLog
+from abaw_kit.train.logbook import THRESHOLD_COLUMNS, Meter, MetricsLog, RunLog
 from abaw_kit.train.loop import (
     Batch,
     NonFiniteLoss,
@@ -103,9 +103,8 @@ def _open_run_dir(work: Workspace, cfg: TrainConfig, run_name: str | None, resum
     if resume:
         run_dir = RunDir(work.run_dir(run_name))
         saved = load_config(run_dir.config)
-        changed = [(k, a, b) for k, a, b in config_diff(saved, cfg) if k not in RESUME_MUTABLE]
-        if changed:
-            shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changed[:3])
+        shown = changed_keys(saved, cfg, RESUME_MUTABLE.__contains__)
+        if shown:
             raise AbawError(f"--resume {run_dir.name}: the config differs from the run's "
                             f"config.yaml ({shown}); resume with the run's own config (no "
                             "--config/--set), or start a new run")
@@ -148,7 +147,7 @@ class TrainingRun:
         self.work, self.cfg, self.run_dir, self.dist = work, cfg, RunDir(run_dir), dist
         self.console = Console(stderr=True, highlight=False) if progress and dist.is_main \
             else None
-        self._log = log
+        self.log = RunLog(self.run_dir.log, console=self.console, log=log, enabled=dist.is_main)
         self.ckpt_dir = self.run_dir.checkpoints
         self.metrics = MetricsLog(self.run_dir.metrics, enabled=dist.is_main)
         self.best_f1: float | None = None
@@ -160,16 +159,6 @@ class TrainingRun:
         self._rng_to_restore: dict[str, Any] | None = None
         self.broken_images: set[int] = set()  # unlabelled pool indices skipped as broken
         self.stepped = False  # a training step has run: the folder now holds a real run
-
-    def log(self, message: str) -> None:
-        """To the caller's ``log``, else the console (with --progress), and to train.log."""
-        if self._log is not None:
-            self._log(message)
-        elif self.console is not None:
-            self.console.print(message)
-        if self.dist.is_main:
-            with self.run_dir.log.open("a") as handle:
-                handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
     # -- setup ------------------------------------------------------------------------------
 
