@@ -151,6 +151,15 @@ class SslConfig:
                        "trained (FixMatch), ema = its weight EMA in eval mode (mean teacher: "
                        "steadier labels, and the student skips the weak forward)",
                        choices=("student", "ema"))
+    dist_align: str = opt("off", "distribution alignment of the teacher's probabilities on "
+                          "unlabelled images before the threshold: divided by their running "
+                          "mean and multiplied by the labelled frames' class frequencies "
+                          "(labelled) or by 1/C (uniform), so the teacher's class bias is not "
+                          "what gets pseudo-labelled (off = none)",
+                          choices=("off", "labelled", "uniform"))
+    dist_align_momentum: float = opt(0.99, "momentum of the running mean prediction that "
+                                     "dist_align divides by (0.99: about the last 100 batches)",
+                                     min=0.0, max=1.0, max_open=True)
     unsup_start: int = opt(0, "supervised warm-up: steps before the unlabelled loss starts (the "
                            "unlabelled stream is not forwarded before)", min=0)
     unsup_ramp: int = opt(0, "steps over which lambda_u rises linearly from 0 after "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -167,3 +168,66 @@ def test_none_goes_through_the_interface_and_forwards_no_unlabelled_views() -> N
     out = train_step(state, batch, 5)
     assert state.model.rows == [4]  # labelled rows only, although the batch has weak views
     assert set(out["logs"]) == {"sup_loss", "loss"}
+
+
+def test_distribution_alignment_moves_mass_from_over_to_under_predicted_classes() -> None:
+    from abaw_kit.ssl import make_alignment
+
+    counts = np.array([50, 10, 10, 10, 5, 5, 5, 5])  # the labelled frames' class frequencies
+    prior = torch.tensor(counts / counts.sum(), dtype=torch.float32)
+    aligner = make_alignment("labelled", 0.0, counts)  # momentum 0: this batch's mean only
+    assert aligner is not None
+    teacher = torch.full((4, 8), 0.02)
+    teacher[:, 7] = 0.86  # the teacher calls every image class 7 (5 % of the labels)
+    aligned = aligner(teacher)
+    expected = teacher * prior / teacher.mean(dim=0)
+    assert torch.allclose(aligned, expected / expected.sum(dim=1, keepdim=True))
+    assert torch.allclose(aligned.sum(dim=1), torch.ones(4))
+    assert (aligned.argmax(dim=1) == 0).all()  # the labelled prior's class, not the bias
+    assert torch.allclose(aligned.mean(dim=0), prior, atol=1e-6)  # one class per image here
+
+    slow = make_alignment("uniform", 0.99, counts)  # starts at the target: a small first step
+    assert slow is not None
+    first = slow(teacher)
+    assert torch.allclose(slow.p_unlabelled, 0.99 / 8 + 0.01 * teacher[0])
+    restored = make_alignment("uniform", 0.99, counts)
+    assert restored is not None
+    restored.load_state_dict(slow.state_dict())
+    assert torch.equal(restored(teacher), slow(teacher)) and not torch.equal(first, slow(teacher))
+    assert make_alignment("off", 0.99, counts) is None
+
+
+def test_distribution_alignment_refuses_what_it_cannot_do() -> None:
+    from abaw_kit.errors import AbawError
+    from abaw_kit.ssl import make_alignment
+
+    with pytest.raises(AbawError, match="needs labelled frames"):
+        make_alignment("labelled", 0.9, np.zeros(8))
+    with pytest.raises(AbawError, match="momentum"):
+        make_alignment("uniform", 1.0, np.ones(8))
+    aligner = make_alignment("uniform", 0.9, np.ones(8))
+    assert aligner is not None
+    with pytest.raises(AbawError, match="no distribution-alignment state"):
+        aligner.load_state_dict({})
+
+
+def test_the_threshold_and_the_pseudo_labels_see_the_aligned_probabilities() -> None:
+    frozen = ["ssl.params.warmup_steps=0", "ssl.params.min_threshold=0",
+              "ssl.params.max_threshold=0.01"]
+    state, batch = _lever_state(frozen, method="dtm")
+    from abaw_kit.ssl import make_alignment
+
+    state.alignment = make_alignment("uniform", 0.0, np.ones(8))
+    seen: list[torch.Tensor] = []
+    original = state.threshold.mask
+
+    def spy(probs: torch.Tensor, indices: torch.Tensor | None = None) -> torch.Tensor:
+        seen.append(probs)
+        return original(probs, indices)
+
+    state.threshold.mask = spy
+    train_step(state, batch, 0)
+    assert len(seen) == 1
+    # aligned to the uniform target with momentum 0: the batch's mean prediction is 1/C
+    assert torch.allclose(seen[0].mean(dim=0), torch.full((8,), 1 / 8), atol=1e-3)
+    assert state.alignment.p_unlabelled.sum().item() == pytest.approx(1.0)

@@ -36,9 +36,11 @@ def final_state(work: Workspace, run: str) -> tuple[dict, dict]:
 @pytest.mark.slow
 @pytest.mark.parametrize(("ssl", "workers", "extra"), [
     ("dtm", 0, ()), ("flexmatch", 1, ()),
-    # mean teacher, supervised warm-up + ramp and negative learning resume exactly too
+    # mean teacher, supervised warm-up + ramp, negative learning and distribution alignment
+    # resume exactly too
     ("dtm", 0, ("ssl.teacher=ema", "ssl.unsup_start=2", "ssl.unsup_ramp=2",
-                "ssl.negative_weight=0.5", "ssl.unsup_balance=1")),
+                "ssl.negative_weight=0.5", "ssl.unsup_balance=1", "ssl.dist_align=labelled",
+                "ssl.dist_align_momentum=0.5")),
     # the weak views forwarded apart without a graph, one labelled worker beside the pool's
     ("dtm", 2, ("ssl.weak_no_grad=true", "data.labelled_workers=1"))])
 def test_killed_and_resumed_run_matches_the_uninterrupted_run(work: Workspace, ssl: str,
@@ -60,6 +62,11 @@ def test_killed_and_resumed_run_matches_the_uninterrupted_run(work: Workspace, s
         assert torch.equal(tensor, split_weights[key]), key  # model and EMA, exactly
     for key, tensor in whole_state["threshold"].items():
         assert torch.equal(torch.as_tensor(tensor), torch.as_tensor(split_state["threshold"][key]))
+    assert whole_state["alignment"].keys() == split_state["alignment"].keys()
+    for key, tensor in whole_state["alignment"].items():
+        assert torch.equal(tensor, split_state["alignment"][key])
+    if "ssl.dist_align=labelled" in extra:
+        assert whole_state["alignment"]  # the running mean is in the checkpoint
     whole_rows, split_rows = read_metrics(work.runs_dir / "whole"), read_metrics(
         work.runs_dir / "split")
     assert [r["step"] for r in split_rows] == [r["step"] for r in whole_rows]  # no duplicates

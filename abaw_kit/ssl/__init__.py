@@ -3,7 +3,8 @@
 One module per method, each a small ``Threshold`` subclass with ``_mask`` (the decision for
 one batch), ``class_thresholds`` (the per-class threshold), its parameters in ``DEFAULTS`` and
 its own loss terms in ``extra_loss``: ``none.py``, ``fixmatch.py``, ``flexmatch.py``,
-``freematch.py``, ``dtm.py``. The shared interface is in ``base.py``, the losses every method
+``freematch.py``, ``dtm.py``. Distribution alignment of the teacher's probabilities before
+any threshold is ``alignment.py``. The shared interface is in ``base.py``, the losses every method
 shares in ``losses.py``, and the list of methods in ``registry.py`` (``METHODS``).
 
 Names are loaded on first use, so ``import abaw_kit.ssl`` (and the registry's method names)
@@ -16,6 +17,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from abaw_kit.ssl.alignment import DistributionAlignment, make_alignment
     from abaw_kit.ssl.base import LossTerm, Threshold, class_counts
     from abaw_kit.ssl.dtm import DynamicThreshold
     from abaw_kit.ssl.fixmatch import FixedThreshold
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     )
 
 _HOMES = {
+    "DistributionAlignment": "alignment", "make_alignment": "alignment",
     "LossTerm": "base", "Threshold": "base", "class_counts": "base",
     "DynamicThreshold": "dtm", "FixedThreshold": "fixmatch", "FlexMatchThreshold": "flexmatch",
     "FreeMatchThreshold": "freematch", "freematch_fairness_loss": "freematch",
@@ -50,6 +53,7 @@ _HOMES = {
 __all__ = [
     "METHODS",
     "THRESHOLDS",
+    "DistributionAlignment",
     "DynamicThreshold",
     "FixedThreshold",
     "FlexMatchThreshold",
@@ -62,6 +66,7 @@ __all__ = [
     "class_counts",
     "consistency_loss",
     "freematch_fairness_loss",
+    "make_alignment",
     "make_threshold",
     "negative_learning_loss",
     "register_threshold",

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from abaw_kit.classes import NUM_CLASSES
 from abaw_kit.config import TrainConfig
 from abaw_kit.ssl import (
+    DistributionAlignment,
     Threshold,
     class_balance_weights,
     consistency_loss,
@@ -77,6 +78,7 @@ class TrainState:
     class_weights: Tensor | None = None
     amp_dtype: torch.dtype | None = None
     hidden_labels: Tensor | None = None  # few-label protocol only: see TrainingData
+    alignment: DistributionAlignment | None = None  # ssl.dist_align: see ssl/alignment.py
     first_bad_step: Tensor | None = None  # on the device: see note_finite
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -89,7 +91,8 @@ class TrainState:
 
 def build_state(cfg: TrainConfig, model: nn.Module, normalize: Normalizer, dist: DistContext,
                 threshold: Threshold | None, class_weights: Tensor | None,
-                hidden_labels: Tensor | None = None) -> TrainState:
+                hidden_labels: Tensor | None = None,
+                alignment: DistributionAlignment | None = None) -> TrainState:
     """Optimiser, warm-up + cosine schedule, EMA, AMP and DDP around ``model`` (on its device)."""
     device = dist.device
     amp_dtype = device_amp_dtype(cfg.train.amp, device)
@@ -114,7 +117,7 @@ def build_state(cfg: TrainConfig, model: nn.Module, normalize: Normalizer, dist:
     if threshold is not None:
         threshold.check_finite = False  # no host sync per step: train_step notes NaN/inf
     return TrainState(cfg, wrapped, model, ema, optimizer, scheduler, scaler, threshold,
-                      normalize, dist, weights, amp_dtype, hidden)
+                      normalize, dist, weights, amp_dtype, hidden, alignment)
 
 
 def unsup_ramp(cfg: TrainConfig, step: int) -> float:
@@ -248,8 +251,8 @@ def unlabelled_loss(state: TrainState, weak_logits: Tensor, strong_logits: Tenso
     negative learning on the rejected ones (``ramp`` x negative_weight), + the method's own
     terms (``extra_loss``, e.g. FreeMatch's fairness, at their own weights), and what to log."""
     assert state.threshold is not None
-    probs = weak_logits.detach().softmax(dim=1)
-    mask, global_probs, global_mask = shared_mask(state, probs, indices)
+    probs, mask, global_probs, global_mask = shared_mask(
+        state, weak_logits.detach().softmax(dim=1), indices)
     pseudo = probs.argmax(dim=1)
     ssl = state.cfg.ssl
     truth = None  # the true classes where known (diagnostics, and the oracle)
@@ -291,11 +294,18 @@ def unlabelled_loss(state: TrainState, weak_logits: Tensor, strong_logits: Tenso
 
 
 def shared_mask(state: TrainState, probs: Tensor,
-                indices: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-    """(this rank's mask, all ranks' probs, all ranks' mask): one threshold update per step."""
+                indices: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(this rank's probs, its mask, all ranks' probs, all ranks' mask): one threshold update
+    per step. With ``ssl.dist_align`` the probs returned are the aligned ones: the threshold,
+    the pseudo-labels and negative learning all see what alignment made of the teacher's."""
     threshold, dist = state.threshold, state.dist
     assert threshold is not None
     all_probs = dist.all_gather_cat(probs)
+    n = probs.shape[0]
+    rows = slice(dist.rank * n, (dist.rank + 1) * n)
+    if state.alignment is not None:  # on the global batch: the running mean stays rank-equal
+        all_probs = state.alignment(all_probs)
+        probs = all_probs[rows]
     all_indices = None
     if threshold.needs_indices and indices is not None:
         # one process: the loader's CPU indices as they are (checked there, copied without
@@ -303,8 +313,7 @@ def shared_mask(state: TrainState, probs: Tensor,
         all_indices = (dist.all_gather_cat(indices.to(dist.device, non_blocking=True))
                        if dist.enabled else indices)
     all_mask = threshold.mask(all_probs, all_indices)
-    n = probs.shape[0]
-    return all_mask[dist.rank * n:(dist.rank + 1) * n], all_probs, all_mask
+    return probs, all_mask[rows], all_probs, all_mask
 
 
 def optimizer_step(state: TrainState, loss: Tensor, step: int) -> None:

@@ -31,7 +31,7 @@ from abaw_kit.errors import AbawError
 from abaw_kit.infer import macro_f1_of, predict_rows, validation_rows
 from abaw_kit.progress import progress_bar
 from abaw_kit.run_dir import RunDir
-from abaw_kit.ssl import make_threshold
+from abaw_kit.ssl import make_alignment, make_threshold
 from abaw_kit.ssl.registry import threshold_class
 from abaw_kit.train import checkpoint as ckpt
 from abaw_kit.train.data import (
@@ -171,6 +171,9 @@ class TrainingRun:
         threshold = (make_threshold(cfg.ssl.method, NUM_CLASSES,
                                     num_unlabeled=data.num_unlabelled, **cfg.ssl.params)
                      if data.unlabelled is not None else None)
+        alignment = (make_alignment(cfg.ssl.dist_align, cfg.ssl.dist_align_momentum,
+                                    data.class_counts)
+                     if threshold is not None and uses_unlabelled(cfg) else None)
         model, report = create_model(cfg.model)
         if report is not None:
             self.log(f"initial weights: {report.summary()}")
@@ -187,7 +190,8 @@ class TrainingRun:
             raise AbawError("ssl.oracle needs an SSL method and unlabelled images whose true "
                             "class is known (the demo's, or few-label leftovers); this run has "
                             "none")
-        self.state = build_state(cfg, model, normalize, dist, threshold, weights, hidden)
+        self.state = build_state(cfg, model, normalize, dist, threshold, weights, hidden,
+                                 alignment)
         torch.manual_seed(cfg.train.seed * 1000 + 17 + dist.rank)  # dropout differs per rank
         self.val_store, self.val_rows = self._validation_set()
         self._describe()
@@ -243,6 +247,8 @@ class TrainingRun:
                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
         if state.threshold is not None:
             state.threshold.load_state_dict(saved["threshold"])
+        if state.alignment is not None:
+            state.alignment.load_state_dict(saved.get("alignment") or {})
         step = int(saved["step"])
         state.scheduler.t_initial = self.cfg.train.steps  # a longer run stretches the cosine
         state.scheduler.step_update(num_updates=step)
@@ -395,6 +401,7 @@ class TrainingRun:
                 "scheduler": state.scheduler.state_dict(),
                 "scaler": state.scaler.state_dict() if state.scaler is not None else None,
                 "threshold": state.threshold.state_dict() if state.threshold else {},
+                "alignment": state.alignment.state_dict() if state.alignment else {},
                 "sampler": {"next_batch": step, **self._stream_signature()}, "rng": rng,
                 "best_val_f1": self.best_f1, "best_step": self.best_step,
             }, self._meta(step))
