@@ -139,6 +139,11 @@ class OptimConfig:
                            max=1.0, max_open=True)
 
 
+DIST_ALIGN_TARGETS = ("off", "labelled", "uniform")
+"""Values of ``ssl.dist_align`` (``ssl/alignment.py``): no alignment, the labelled class
+frequencies, 1/C."""
+
+
 @dataclass
 class SslConfig:
     """Semi-supervised learning: pseudo-labels on strong views where the threshold allows."""
@@ -156,7 +161,7 @@ class SslConfig:
                           "mean and multiplied by the labelled frames' class frequencies "
                           "(labelled) or by 1/C (uniform), so the teacher's class bias is not "
                           "what gets pseudo-labelled (off = none)",
-                          choices=("off", "labelled", "uniform"))
+                          choices=DIST_ALIGN_TARGETS)
     dist_align_momentum: float = opt(0.99, "momentum of the running mean prediction that "
                                      "dist_align divides by (0.99: about the last 100 batches)",
                                      min=0.0, max=1.0, max_open=True)

@@ -22,10 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from abaw_kit.config import DIST_ALIGN_TARGETS
 from abaw_kit.errors import AbawError
-
-TARGETS = ("off", "labelled", "uniform")
-"""Values of ``ssl.dist_align``: no alignment, the labelled class frequencies, 1/C."""
 
 PRIOR_FLOOR = 1e-4
 """Smallest share a class may have in the target or the running mean, so no class is switched
@@ -51,8 +49,6 @@ class DistributionAlignment:
     def __call__(self, probs: Tensor) -> Tensor:
         """Aligned probabilities [B, C] of one global batch; updates the running mean first."""
         probs = probs.detach().float()
-        if probs.shape[0] == 0:
-            return probs
         if self.prior.device != probs.device:
             self.prior = self.prior.to(probs.device)
             self.p_unlabelled = self.p_unlabelled.to(probs.device)
@@ -87,5 +83,6 @@ def make_alignment(target: str, momentum: float,
                             "frequencies from; this run has none")
         prior = torch.from_numpy(counts / counts.sum())
     else:
-        raise AbawError(f"ssl.dist_align must be one of {', '.join(TARGETS)}, got {target!r}")
+        raise AbawError(f"ssl.dist_align must be one of {', '.join(DIST_ALIGN_TARGETS)}, "
+                        f"got {target!r}")
     return DistributionAlignment(prior, momentum)
