@@ -102,6 +102,12 @@ class DataConfig:
     hflip: float = opt(0.5, "weak view: probability of a horizontal flip", min=0.0, max=1.0)
     randaugment: str = opt("rand-m9-n2-mstd0.5", "strong view: timm RandAugment spec "
                            "(rand-m<magnitude>-n<ops>...)")
+    views: str = opt("worker", "where the weak and strong views are made: worker = PIL in the "
+                     "loader workers; device = the workers only decode and draw each image's "
+                     "crop, flip and RandAugment parameters (the same draws), the training step "
+                     "applies them as batched tensor ops on the model's device (frees the "
+                     "workers' CPU on a GPU server; bilinear where timm picks bilinear or "
+                     "bicubic)", choices=("worker", "device"))
 
 
 @dataclass

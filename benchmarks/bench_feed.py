@@ -6,7 +6,11 @@ In-process and single-threaded (the work of one worker), CPU seconds (``process_
   strong view), reading from an unlabelled index built by ``ingest`` from a RecordIO file and
   from an image folder;
 * ``LabelledBatches.__getitem__`` per network image (face-store read + weak view);
-* ``UnlabeledIndex.read_bytes`` per image, and ``safe_join`` alone (the path-safety check).
+* ``UnlabeledIndex.read_bytes`` per image, and ``safe_join`` alone (the path-safety check);
+* with ``data.views: device``: the same unlabelled batch when workers only decode and draw
+  the views' parameters (bound: decoding the bytes in memory into one array), its share of
+  the PIL batch's worker time, and what applying the views costs in the training step on
+  this CPU (one thread; on a GPU that work moves to the device).
 
 Each figure is printed as a ratio to a bound measured in the same run on the same images: the
 same work with nothing but the unavoidable part. Batches: bytes already in memory, decoded and
@@ -194,7 +198,52 @@ def main() -> None:
         r, b, ratio = median_ratio(real_labelled, bound_labelled, args.rounds, args.repeat)
         print(f"  labelled batch            {1e6 * r / args.batch:7.1f} us   bound "
               f"{1e6 * b / args.batch:7.1f} us   ratio {ratio:.3f}")
+        bench_device_views(indexes["recordio"], jpegs, batches, args)
         bench_reads(indexes, Path(tmp), args)
+
+
+def decode_bound(jpegs: list[bytes], positions: np.ndarray) -> np.ndarray:
+    """Decoding the batch's bytes in memory into one uint8 array: all a device-views worker
+    has to do besides drawing numbers."""
+    out = np.empty((len(positions), 112, 112, 3), np.uint8)
+    for j, i in enumerate(positions):
+        with Image.open(io.BytesIO(jpegs[int(i)])) as decoded:
+            out[j] = decoded.convert("RGB")
+    return out
+
+
+def bench_device_views(index: UnlabeledIndex, jpegs: list[bytes],
+                       batches: list[tuple[int, np.ndarray]], args: argparse.Namespace) -> None:
+    from abaw_kit.train.device_views import unlabelled_views
+
+    cfg = resolve_config(None, [], {"ssl": "dtm"})
+    device_cfg = resolve_config(None, ["data.views=device"], {"ssl": "dtm"})
+    pool = UnlabelledPool({"unlabeled_index": IndexImages(index)})
+    pil = UnlabelledBatches(pool, Views(cfg.data), seed=0)
+    device = UnlabelledBatches(pool, Views(device_cfg.data), seed=0)
+    turn = iter(range(10**9))
+    per = 2 * args.batch
+
+    def real() -> object:
+        return device[batches[next(turn) % len(batches)]]
+
+    def bound() -> object:
+        return decode_bound(jpegs, batches[next(turn) % len(batches)][1])
+
+    def worker_views() -> object:
+        return pil[batches[next(turn) % len(batches)]]
+
+    r, b, ratio = median_ratio(real, bound, args.rounds, args.repeat)
+    _, pil_seconds, share = median_ratio(real, worker_views, args.rounds, args.repeat)
+    print(f"  unlabelled batch (recordio, data.views=device) {1e6 * r / per:7.1f} us   bound "
+          f"(decode only) {1e6 * b / per:7.1f} us   ratio {ratio:.3f}; "
+          f"{share:.3f} of the PIL views' worker time ({1e6 * pil_seconds / per:.1f} us)")
+    prepared = [device[batch][2:] for batch in batches[:8]]
+    cpu = torch.device("cpu")
+    step = cpu_seconds(lambda: [unlabelled_views(*p, cpu, cfg.data.input_size)
+                                for p in prepared], 1) / len(prepared)
+    print(f"  applying them in the step on this CPU (1 thread): {1e6 * step / per:7.1f} us "
+          "per network image")
 
 
 def read_file(path: str) -> bytes:

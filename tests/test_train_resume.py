@@ -42,7 +42,9 @@ def final_state(work: Workspace, run: str) -> tuple[dict, dict]:
                 "ssl.negative_weight=0.5", "ssl.unsup_balance=1", "ssl.dist_align=labelled",
                 "ssl.dist_align_momentum=0.5")),
     # the weak views forwarded apart without a graph, one labelled worker beside the pool's
-    ("dtm", 2, ("ssl.weak_no_grad=true", "data.labelled_workers=1"))])
+    ("dtm", 2, ("ssl.weak_no_grad=true", "data.labelled_workers=1")),
+    # views made in the step from the workers' faces and drawn parameters
+    ("dtm", 1, ("data.views=device",))])
 def test_killed_and_resumed_run_matches_the_uninterrupted_run(work: Workspace, ssl: str,
                                                               workers: int,
                                                               extra: tuple[str, ...]) -> None:

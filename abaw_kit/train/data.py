@@ -8,7 +8,8 @@ have seen, whatever the number of workers or how far they had prefetched.
 Workers send uint8 HWC tensors (a quarter of float32's bytes); the loop converts and normalises
 on the device. The views are cheap PIL ops: a random resized crop + flip (weak), then timm's
 RandAugment on top (strong). A decoded unlabelled image stays a PIL image from the decoder to
-the output array (no array round trip).
+the output array (no array round trip). With ``data.views: device`` the workers send the faces
+and the views' drawn parameters instead, and the step makes the views (``device_views``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from abaw_kit.classes import NUM_CLASSES
 from abaw_kit.config import DataConfig, TrainConfig
 from abaw_kit.data.store import FaceStore
 from abaw_kit.errors import AbawError
+from abaw_kit.train.device_views import StrongParamDrawer, WeakParams, weak_params
 from abaw_kit.unlabeled.index import BrokenImage
 from abaw_kit.workspace import Workspace
 
@@ -122,25 +124,47 @@ class Views:
         self.scale = tuple(cfg.crop_scale)
         self.hflip = cfg.hflip
         self.randaugment = make_randaugment(cfg.randaugment, cfg.input_size)
+        self.on_device = cfg.views == "device"
+        self.strong_drawer = (StrongParamDrawer(self.randaugment, cfg.randaugment)
+                              if self.on_device else None)
 
     def weak(self, face: np.ndarray | Image.Image, rng: np.random.Generator) -> Image.Image:
         """``face``: a uint8 HWC array or an RGB PIL image (the same view of the same pixels)."""
         image = face if isinstance(face, Image.Image) else Image.fromarray(face)
-        width, height = image.size
+        box, flip = self.weak_params(image.size, rng)
+        image = image.resize((self.size, self.size), Image.Resampling.BILINEAR, box=box)
+        if flip:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return image
+
+    def weak_params(self, face_size: tuple[int, int], rng: np.random.Generator
+                    ) -> tuple[tuple[int, int, int, int], bool]:
+        """The weak view's crop box (left, top, right, bottom) and flip, drawn from ``rng``: the
+        one draw of both the PIL path and the device path (``data.views``)."""
+        width, height = face_size
         area = width * height * rng.uniform(*self.scale)
         aspect = math.exp(rng.uniform(*np.log(ASPECT_RANGE)))
         crop_w = min(width, round(math.sqrt(area * aspect)))
         crop_h = min(height, round(math.sqrt(area / aspect)))
         left = int(rng.integers(0, width - crop_w + 1))
         top = int(rng.integers(0, height - crop_h + 1))
-        image = image.resize((self.size, self.size), Image.Resampling.BILINEAR,
-                             box=(left, top, left + crop_w, top + crop_h))
-        if rng.random() < self.hflip:
-            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return image
+        return (left, top, left + crop_w, top + crop_h), bool(rng.random() < self.hflip)
 
     def strong(self, weak: Image.Image) -> Image.Image:
         return self.randaugment(weak)
+
+    def faces_and_weak_params(self, faces: Sequence[np.ndarray | Image.Image],
+                              rng: np.random.Generator) -> tuple[torch.Tensor, WeakParams]:
+        """Device views: the decoded faces as one uint8 batch + their weak-view parameters,
+        drawn as ``weak`` draws them."""
+        arrays = [np.asarray(face, dtype=np.uint8) for face in faces]
+        shape = arrays[0].shape
+        arrays = [a if a.shape == shape else  # a source at another face size: one size a batch
+                  np.asarray(Image.fromarray(a).resize(shape[1::-1], Image.Resampling.BILINEAR))
+                  for a in arrays]
+        drawn = [self.weak_params((shape[1], shape[0]), rng) for _ in arrays]
+        return (torch.from_numpy(np.stack(arrays)),
+                weak_params([box for box, _ in drawn], [flip for _, flip in drawn]))
 
 
 def make_randaugment(spec: str, size: int) -> Any:
@@ -183,7 +207,8 @@ def stack(images: Sequence[Image.Image]) -> torch.Tensor:
 
 
 class LabelledBatches(Dataset):
-    """``(k, positions)`` -> (uint8 [B,S,S,3] weak views, int64 [B] labels)."""
+    """``(k, positions)`` -> (uint8 [B,S,S,3] weak views, int64 [B] labels); with device views
+    (int64 [B] labels, uint8 [B,H,W,3] faces, their ``WeakParams``)."""
 
     def __init__(self, store: FaceStore, rows: np.ndarray, labels: np.ndarray, views: Views,
                  *, seed: int, rank: int = 0) -> None:
@@ -196,10 +221,12 @@ class LabelledBatches(Dataset):
     def __getitem__(self, item: tuple[int, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         k, positions = item
         rng = batch_rng(self.seed, LABELLED_STREAM, self.rank, k)
+        labels = torch.from_numpy(self.labels[positions].astype(np.int64))
+        faces = (self.store.face(int(row)) for row in self.rows[positions])
+        if self.views.on_device:
+            return (labels, *self.views.faces_and_weak_params(list(faces), rng))
         # one face at a time from the memory map: no batch array copied in between
-        images = stack([self.views.weak(self.store.face(int(row)), rng)
-                        for row in self.rows[positions]])
-        return images, torch.from_numpy(self.labels[positions].astype(np.int64))
+        return stack([self.views.weak(face, rng) for face in faces]), labels
 
 
 class ImageSource(Protocol):
@@ -282,7 +309,8 @@ class UnlabelledPool:
 
 class UnlabelledBatches(Dataset):
     """``(k, positions)`` -> (uint8 weak views, uint8 strong views, int64 pool indices of the
-    images used, int64 pool indices of broken images skipped).
+    images used, int64 pool indices of broken images skipped); with device views (the two
+    index tensors, uint8 faces, ``WeakParams``, ``StrongParams``).
 
     The skipped ones travel in the batch because loader workers are other processes: the
     main process collects them and reports them at the end of training.
@@ -300,15 +328,23 @@ class UnlabelledBatches(Dataset):
         rng = batch_rng(self.seed, UNLABELLED_STREAM, self.rank, k)
         used: list[int] = []
         broken: list[int] = []
-        weak = []
+        faces = []
         for i in positions:
             index, face = self.usable_image(int(i), broken)
             used.append(index)
-            weak.append(self.views.weak(face, rng))
+            faces.append(face)
+        used_t, broken_t = (torch.tensor(used, dtype=torch.int64),
+                            torch.tensor(broken, dtype=torch.int64))
+        if self.views.on_device:
+            assert self.views.strong_drawer is not None
+            stacked, crops = self.views.faces_and_weak_params(faces, rng)
+            with seeded_globals(int(rng.integers(2**63))):
+                augment = self.views.strong_drawer.draw(len(faces))
+            return used_t, broken_t, stacked, crops, augment
+        weak = [self.views.weak(face, rng) for face in faces]
         with seeded_globals(int(rng.integers(2**63))):
             strong = [self.views.strong(image) for image in weak]
-        return (stack(weak), stack(strong), torch.tensor(used, dtype=torch.int64),
-                torch.tensor(broken, dtype=torch.int64))
+        return stack(weak), stack(strong), used_t, broken_t
 
     def usable_image(self, i: int, broken: list[int]) -> tuple[int, np.ndarray | Image.Image]:
         """Pool image ``i``, or the next one that decodes (its index is returned too).

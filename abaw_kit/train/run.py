@@ -34,6 +34,7 @@ from abaw_kit.run_dir import RunDir
 from abaw_kit.ssl import make_alignment, make_threshold
 from abaw_kit.ssl.registry import threshold_class
 from abaw_kit.train import checkpoint as ckpt
+from abaw_kit.train import device_views
 from abaw_kit.train.data import (
     TrainingData,
     broken_images_note,
@@ -280,8 +281,9 @@ class TrainingRun:
         pin = self.dist.device.type == "cuda"
         loaders = training_loaders(self.data, self.cfg, start=start, rank=self.dist.rank,
                                    world_size=self.dist.world_size, pin_memory=pin)
+        views_on = self.dist.device if self.cfg.data.views == "device" else None
         batches = batch_stream(*(iter(loader) if loader is not None else None
-                                 for loader in loaders))
+                                 for loader in loaders), views_on, self.cfg.data.input_size)
         if self._rng_to_restore is not None:  # last: starting a loader draws from the torch RNG
             ckpt.restore_rng(self._rng_to_restore, self.dist.device, self.dist.local_rank)
         end = self.cfg.train.steps if stop_after is None else min(stop_after, self.cfg.train.steps)
@@ -463,15 +465,25 @@ class TrainingRun:
         }
 
 
-def batch_stream(labelled_iter: Iterator[Any], unlabelled_iter: Iterator[Any] | None
-             ) -> Iterator[Batch]:
-    """Zip the two endless loader iterators into ``Batch`` objects."""
+def batch_stream(labelled_iter: Iterator[Any], unlabelled_iter: Iterator[Any] | None,
+                 views_on: torch.device | None = None, size: int = 0) -> Iterator[Batch]:
+    """Zip the two endless loader iterators into ``Batch`` objects. ``views_on``: the device
+    where the views are made from the workers' faces and parameters (``data.views: device``);
+    None: the workers sent finished views."""
     while True:
-        images, labels = next(labelled_iter)
+        if views_on is None:
+            images, labels = next(labelled_iter)
+        else:
+            labels, faces, crops = next(labelled_iter)
+            images = device_views.labelled_views(faces, crops, views_on, size)
         if unlabelled_iter is None:
             yield Batch(images, labels)
-        else:
+        elif views_on is None:
             weak, strong, indices, broken = next(unlabelled_iter)
+            yield Batch(images, labels, weak, strong, indices, broken)
+        else:
+            indices, broken, faces, crops, augment = next(unlabelled_iter)
+            weak, strong = device_views.unlabelled_views(faces, crops, augment, views_on, size)
             yield Batch(images, labels, weak, strong, indices, broken)
 
 
