@@ -229,6 +229,10 @@ def train(
              "or torchvision's ImageNet file for mobilenetv2_100, resnet18..152.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run named by --run "
                                               "(default: the latest) exactly.")] = False,
+    reshard: Annotated[bool, typer.Option(
+        help="With --resume: go on with another number of processes (GPUs) than the "
+             "checkpoint's; not exact: the data goes on after the last image seen, every rank "
+             "is reseeded.")] = False,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda ...")] = None,
     work: WorkOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False,
 ) -> None:
@@ -241,7 +245,8 @@ def train(
              "device": device}
     resume_from = ws.run_dir(run) if resume else None  # --resume starts from the run's config
     cfg = resolve_train_config(ws, config, set_ or [], flags, resume_from=resume_from)
-    result = run_train(ws, cfg, run_name=run, resume=resume, progress=not as_json)
+    result = run_train(ws, cfg, run_name=run, resume=resume, progress=not as_json,
+                       reshard=reshard)
     emit(result, as_json, kv_table("training run", _flat(result)))
 
 

@@ -19,6 +19,7 @@ from abaw_kit.config import resolve_config
 from abaw_kit.errors import AbawError
 from abaw_kit.train.data import (
     IndexImages,
+    ResumableBatchSampler,
     UnlabelledBatches,
     UnlabelledPool,
     Views,
@@ -197,3 +198,19 @@ def test_weak_view_of_an_array_and_of_its_image_are_identical() -> None:
         from_array = views.weak(face, np.random.default_rng(seed))
         from_image = views.weak(Image.fromarray(face), np.random.default_rng(seed))
         assert np.array_equal(np.asarray(from_array), np.asarray(from_image))
+
+
+def test_a_stream_that_changes_world_size_goes_on_after_the_last_item_seen() -> None:
+    """--reshard: 3 batches on one process, then two processes from batch 3 on: the global
+    stream of positions is the one-process stream, without a gap or a repeat."""
+    single = ResumableBatchSampler(50, 1, seed=4)
+    expected = np.concatenate([single.batch(k) for k in range(3 * 4 + 4 * 2 * 4)])
+    segments = [(0, 1), (3, 2)]
+    before = [ResumableBatchSampler(50, 4, seed=4, segments=segments[:1]).batch(k)
+              for k in range(3)]
+    ranks = [ResumableBatchSampler(50, 4, seed=4, rank=r, world_size=2, segments=segments)
+             for r in (0, 1)]
+    after = [ranks[r].batch(k) for k in range(3, 7) for r in (0, 1)]
+    assert np.array_equal(np.concatenate(before + after), expected)
+    with pytest.raises(ValueError, match="not this world size"):
+        ResumableBatchSampler(50, 4, seed=4, world_size=2, segments=[(0, 1)])

@@ -17,6 +17,7 @@ import torch.multiprocessing as mp
 from test_train import make_workspace, read_metrics, tiny_config, use_fake_unlabeled
 
 import abaw_kit.train.run as run_module
+from abaw_kit.errors import AbawError
 from abaw_kit.train.checkpoint import load_checkpoint, split_weights
 from abaw_kit.train.run import train
 from abaw_kit.workspace import Workspace
@@ -87,3 +88,40 @@ def test_two_cpu_processes_share_threshold_state_validation_and_one_writer(
     assert first["validated"][-1] == state_digest(split_weights(tensors)[1])
     for key in ("best_val_f1", "best_step", "last_val_f1"):  # the same decisions everywhere
         assert first[key] == second[key] is not None, key
+
+
+def _resume_on_two(rank: int, root: str, port: int, reshard: bool) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        use_fake_unlabeled()
+        try:
+            summary = train(Workspace(Path(root)), None, run_name="grow", resume=True,
+                            progress=False, reshard=reshard)
+            outcome = {"steps": summary["steps"], "world_size": summary["world_size"]}
+        except AbawError as exc:
+            outcome = {"error": str(exc)}
+        Path(root, f"resume{int(reshard)}-rank{rank}.json").write_text(json.dumps(outcome))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_a_run_from_one_process_goes_on_with_two_only_with_reshard(tmp_path: Path) -> None:
+    root = tmp_path / "work"
+    make_workspace(root)
+    use_fake_unlabeled()
+    train(Workspace(root), tiny_config(), run_name="grow", progress=False, stop_after=5)
+    mp.spawn(_resume_on_two, args=(str(root), _free_port(), False), nprocs=2, join=True)
+    refused = json.loads((root / "resume0-rank0.json").read_text())
+    assert "trained on 1 process(es), this is 2; add --reshard" in refused["error"]
+    mp.spawn(_resume_on_two, args=(str(root), _free_port(), True), nprocs=2, join=True)
+    for rank in (0, 1):
+        assert json.loads((root / f"resume1-rank{rank}.json").read_text()) == {
+            "steps": 6, "world_size": 2}
+    _, state = load_checkpoint(root / "runs" / "grow" / "checkpoints")
+    assert state["sampler"]["segments"] == [[0, 1], [4, 2]]  # from step 4 on two processes
+    assert len(state["rng"]) == 2  # the next resume on two is exact again
+    log = (root / "runs" / "grow" / "train.log").read_text()
+    assert "on 2 process(es) instead of 1 (--reshard, not exact)" in log

@@ -59,15 +59,23 @@ class ResumableBatchSampler:
     holds ``batch_size * world_size`` consecutive positions; rank r takes its r-th slice, so
     ranks never overlap within a batch (DistributedSampler-equivalent sharding). The position
     to save is just the next batch number (the training step); ``start`` restores it.
+
+    ``segments``: ``(first step, world size)`` of each stretch of the run, oldest first, the
+    last one this process count's (a resume on another number of processes starts one): the
+    stream then goes on at the item after the last one seen, whatever the earlier world sizes.
     """
 
     def __init__(self, num_items: int, batch_size: int, *, seed: int,
                  weights: np.ndarray | None = None, rank: int = 0, world_size: int = 1,
-                 start: int = 0) -> None:
+                 start: int = 0, segments: Sequence[tuple[int, int]] | None = None) -> None:
         if num_items <= 0:
             raise ValueError("cannot sample from an empty set")
         self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
         self.rank, self.world_size, self.start = rank, world_size, start
+        self.segments = [(int(a), int(b)) for a, b in segments] if segments else [(0, world_size)]
+        if self.segments[-1][1] != world_size:
+            raise ValueError(f"the last segment {self.segments[-1]} is not this world size "
+                             f"({world_size})")
         self.weights = None if weights is None else np.asarray(weights, np.float64) / np.sum(
             weights)
         self._cached: tuple[int, np.ndarray] | None = None
@@ -79,7 +87,7 @@ class ResumableBatchSampler:
             k += 1
 
     def batch(self, k: int) -> np.ndarray:
-        begin = (k * self.world_size + self.rank) * self.batch_size
+        begin = self._items_before(k) + self.rank * self.batch_size
         parts, count = [], self.batch_size
         while count:
             epoch, offset = divmod(begin, self.num_items)
@@ -87,6 +95,16 @@ class ResumableBatchSampler:
             parts.append(take)
             begin, count = begin + len(take), count - len(take)
         return np.concatenate(parts)
+
+    def _items_before(self, k: int) -> int:
+        """Positions the global stream used in batches 0..k-1, over all segments."""
+        items = 0
+        ends = [start for start, _ in self.segments[1:]] + [None]
+        for (start, world), end in zip(self.segments, ends, strict=True):
+            if k <= start:
+                break
+            items += ((k if end is None else min(k, end)) - start) * world * self.batch_size
+        return items
 
     def _epoch(self, epoch: int) -> np.ndarray:
         if self._cached is None or self._cached[0] != epoch:
@@ -562,12 +580,16 @@ def labelled_workers(cfg: DataConfig, with_unlabelled: bool) -> int:
 
 
 def training_loaders(data: TrainingData, cfg: TrainConfig, *, start: int, rank: int,
-                     world_size: int, pin_memory: bool) -> tuple[DataLoader, DataLoader | None]:
-    """Loaders that resume at batch ``start`` (= the training step)."""
+                     world_size: int, pin_memory: bool,
+                     segments: Sequence[tuple[int, int]] | None = None
+                     ) -> tuple[DataLoader, DataLoader | None]:
+    """Loaders that resume at batch ``start`` (= the training step); ``segments``: see
+    ``ResumableBatchSampler``."""
     seed = cfg.train.seed
     labelled_sampler = ResumableBatchSampler(
         len(data.labelled), cfg.data.batch_size, seed=seed * 1000 + LABELLED_STREAM,
-        weights=data.sample_weights, rank=rank, world_size=world_size, start=start)
+        weights=data.sample_weights, rank=rank, world_size=world_size, start=start,
+        segments=segments)
     labelled = make_loader(data.labelled, labelled_sampler,
                            num_workers=labelled_workers(cfg.data, data.unlabelled is not None),
                            pin_memory=pin_memory)
@@ -575,7 +597,8 @@ def training_loaders(data: TrainingData, cfg: TrainConfig, *, start: int, rank: 
         return labelled, None
     unlabelled_sampler = ResumableBatchSampler(
         len(data.unlabelled), cfg.data.batch_size * cfg.ssl.uratio,
-        seed=seed * 1000 + UNLABELLED_STREAM, rank=rank, world_size=world_size, start=start)
+        seed=seed * 1000 + UNLABELLED_STREAM, rank=rank, world_size=world_size, start=start,
+        segments=segments)
     unlabelled = make_loader(data.unlabelled, unlabelled_sampler,
                              num_workers=cfg.data.num_workers, pin_memory=pin_memory)
     return labelled, unlabelled

@@ -66,13 +66,16 @@ Log = Callable[[str], None]
 
 def train(work: Workspace, cfg: TrainConfig | None, *, run_name: str | None = None,
           resume: bool = False, progress: bool = True, stop_after: int | None = None,
-          log: Log | None = None) -> dict[str, Any]:
+          log: Log | None = None, reshard: bool = False) -> dict[str, Any]:
     """Train (or, with ``resume``, continue exactly) a run; returns its summary.
 
     ``cfg`` may be None with ``resume``: the run's saved config is used. ``stop_after=k``
     returns right after step k without a final checkpoint, as if the process were killed there
-    (tests; time-boxed jobs then continue with ``resume``).
+    (tests; time-boxed jobs then continue with ``resume``). ``reshard``: a resume may run on
+    another number of processes than the checkpoint's (not exact: see ``TrainingRun.restore``).
     """
+    if reshard and not resume:
+        raise AbawError("--reshard changes how a run resumes; use it with --resume")
     if cfg is None:
         if not resume:
             raise AbawError("no training config given; pass one or use --resume")
@@ -88,7 +91,7 @@ def train(work: Workspace, cfg: TrainConfig | None, *, run_name: str | None = No
         run_dir, cfg = _open_run_dir(work, cfg, run_name, resume, dist)
         session = TrainingRun(work, cfg, run_dir, dist, progress=progress, log=log)
         try:
-            return session.run(data, resume=resume, stop_after=stop_after)
+            return session.run(data, resume=resume, stop_after=stop_after, reshard=reshard)
         except BaseException:
             if not resume and not session.stepped and dist.is_main:
                 _remove_unstarted_run(run_dir)
@@ -158,6 +161,7 @@ class TrainingRun:
         self.train_seconds = 0.0
         self.images_seen = 0
         self._rng_to_restore: dict[str, Any] | None = None
+        self.segments: list[tuple[int, int]] = [(0, dist.world_size)]  # see ResumableBatchSampler
         self.broken_images: set[int] = set()  # unlabelled pool indices skipped as broken
         self.stepped = False  # a training step has run: the folder now holds a real run
 
@@ -223,8 +227,15 @@ class TrainingRun:
 
     # -- resume -----------------------------------------------------------------------------
 
-    def restore(self) -> int:
-        """Load the last checkpoint into the built state; returns the step to continue from."""
+    def restore(self, reshard: bool = False) -> int:
+        """Load the last checkpoint into the built state; returns the step to continue from.
+
+        ``reshard``: the checkpoint may come from another number of processes. Not exact: the
+        data streams go on at the item after the last one seen (the same number of images),
+        the step count and schedule go on from the saved step with this run's global batch,
+        and every rank is reseeded from (seed, rank, step, world size), as the saved random
+        states belong to other ranks.
+        """
         loaded = ckpt.load_checkpoint(self.ckpt_dir)
         if loaded is None:
             self.log("no checkpoint in this run yet: starting from step 0")
@@ -233,7 +244,11 @@ class TrainingRun:
             self.log(f"{self.run_dir.pointer} was missing: resuming from the newest "
                      f"complete checkpoint (step {loaded[1]['step']})")
         tensors, saved = loaded
-        self._check_same_stream(saved)
+        step = int(saved["step"])
+        was_world = int(saved.get("sampler", {}).get("world_size", self.dist.world_size))
+        self._check_same_stream(saved, ignore_world=reshard)
+        self.segments = [(int(a), int(b)) for a, b in
+                         saved["sampler"].get("segments") or [(0, was_world)]]
         model_state, ema_state = ckpt.split_weights(tensors)
         state = self.state
         try:
@@ -250,22 +265,45 @@ class TrainingRun:
             state.threshold.load_state_dict(saved["threshold"])
         if state.alignment is not None:
             state.alignment.load_state_dict(saved.get("alignment") or {})
-        step = int(saved["step"])
         state.scheduler.t_initial = self.cfg.train.steps  # a longer run stretches the cosine
         state.scheduler.step_update(num_updates=step)
         self.best_f1, self.best_step = saved.get("best_val_f1"), saved.get("best_step")
-        self.last_saved, self._rng_to_restore = step, saved["rng"][self.dist.rank]
-        self.log(f"resumed {self.run_dir.name} at step {step}")
+        self.last_saved = step
+        if was_world == self.dist.world_size:
+            self._rng_to_restore = saved["rng"][self.dist.rank]
+            self.log(f"resumed {self.run_dir.name} at step {step}")
+            return step
+        self.segments.append((step, self.dist.world_size))
+        self._reseed(step)
+        self.log(f"resumed {self.run_dir.name} at step {step} on {self.dist.world_size} "
+                 f"process(es) instead of {was_world} (--reshard, not exact): the data goes on "
+                 "after the last image seen, every rank reseeded")
         return step
 
-    def _check_same_stream(self, saved: dict[str, Any]) -> None:
-        """Exact resume needs the same items behind the sampler positions."""
-        was = {k: v for k, v in saved.get("sampler", {}).items() if k != "next_batch"}
-        now = self._stream_signature()
-        if was != now:
-            raise AbawError(f"cannot resume {self.run_dir.name} exactly: the training data or "
-                            f"process count changed since the checkpoint (was {was}, now "
-                            f"{now}); start a new run")
+    def _reseed(self, step: int) -> None:
+        seed = int(np.random.SeedSequence([self.cfg.train.seed, self.dist.rank, step,
+                                           self.dist.world_size]).generate_state(1)[0])
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)  # every device's generator too
+
+    def _check_same_stream(self, saved: dict[str, Any], ignore_world: bool) -> None:
+        """Resume needs the same items behind the sampler positions, and exact resume the
+        same process count."""
+        skip = {"next_batch", "segments", *({"world_size"} if ignore_world else ())}
+        was = {k: v for k, v in saved.get("sampler", {}).items() if k not in skip}
+        now = {k: v for k, v in self._stream_signature().items() if k not in skip}
+        if was == now:
+            return
+        if {k: v for k, v in was.items() if k != "world_size"} == {
+                k: v for k, v in now.items() if k != "world_size"}:
+            raise AbawError(f"cannot resume {self.run_dir.name} exactly: it was trained on "
+                            f"{was.get('world_size')} process(es), this is "
+                            f"{now.get('world_size')}; add --reshard to go on anyway (not "
+                            "exact: same images seen, ranks reseeded), or use the same count")
+        raise AbawError(f"cannot resume {self.run_dir.name} exactly: the training data or "
+                        f"process count changed since the checkpoint (was {was}, now "
+                        f"{now}); start a new run")
 
     def _stream_signature(self) -> dict[str, int]:
         return {"labelled": len(self.data.labelled), "unlabelled": self.data.num_unlabelled,
@@ -273,14 +311,15 @@ class TrainingRun:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def run(self, data: TrainingData, *, resume: bool, stop_after: int | None
-            ) -> dict[str, Any]:
+    def run(self, data: TrainingData, *, resume: bool, stop_after: int | None,
+            reshard: bool = False) -> dict[str, Any]:
         self.build(data)
-        start = self.restore() if resume else 0
+        start = self.restore(reshard) if resume else 0
         self.metrics.start(start if resume else None)
         pin = self.dist.device.type == "cuda"
         loaders = training_loaders(self.data, self.cfg, start=start, rank=self.dist.rank,
-                                   world_size=self.dist.world_size, pin_memory=pin)
+                                   world_size=self.dist.world_size, pin_memory=pin,
+                                   segments=self.segments)
         views_on = self.dist.device if self.cfg.data.views == "device" else None
         batches = batch_stream(*(iter(loader) if loader is not None else None
                                  for loader in loaders), views_on, self.cfg.data.input_size)
@@ -404,7 +443,8 @@ class TrainingRun:
                 "scaler": state.scaler.state_dict() if state.scaler is not None else None,
                 "threshold": state.threshold.state_dict() if state.threshold else {},
                 "alignment": state.alignment.state_dict() if state.alignment else {},
-                "sampler": {"next_batch": step, **self._stream_signature()}, "rng": rng,
+                "sampler": {"next_batch": step, **self._stream_signature(),
+                            "segments": [list(seg) for seg in self.segments]}, "rng": rng,
                 "best_val_f1": self.best_f1, "best_step": self.best_step,
             }, self._meta(step))
         self.last_saved = step
