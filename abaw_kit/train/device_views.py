@@ -66,10 +66,6 @@ class StrongParams:
     ops: Tensor  # int64 [B, layers]
     args: Tensor  # float32 [B, layers]
 
-    def to(self, device: torch.device) -> StrongParams:
-        return StrongParams(self.ops.to(device, non_blocking=True),
-                            self.args.to(device, non_blocking=True))
-
     def pin_memory(self) -> StrongParams:  # called by DataLoader(pin_memory=True)
         return StrongParams(self.ops.pin_memory(), self.args.pin_memory())
 
@@ -159,15 +155,23 @@ def weak_views(faces: Tensor, params: WeakParams, size: int) -> Tensor:
 
 def strong_views(weak: Tensor, params: StrongParams) -> Tensor:
     """float NCHW weak views -> RandAugment views: layer by layer, each operation on the
-    images that drew it, rounded to whole grey levels after each (as PIL's uint8 images are)."""
+    images that drew it, rounded to whole grey levels after each (as PIL's uint8 images are).
+
+    ``params`` stay on the CPU, where the loader delivered them: which images drew which
+    operation is decided there, so a GPU step never waits for the host to read a mask back.
+    """
     x = weak
-    for layer in range(params.ops.shape[1]):
-        ops, args = params.ops[:, layer], params.args[:, layer]
-        for index, op in enumerate(OPERATIONS.values()):
-            chosen = torch.nonzero(ops == index).flatten()
-            if chosen.numel() == 0:
+    ops_cpu = params.ops.cpu()
+    args = params.args.to(weak.device, non_blocking=True)
+    for layer in range(ops_cpu.shape[1]):
+        for index in torch.unique(ops_cpu[:, layer]).tolist():
+            if index == NO_OP:
                 continue
-            x = x.index_copy(0, chosen, op(x[chosen], args[chosen]).round().clamp(0, 255))
+            chosen = torch.nonzero(ops_cpu[:, layer] == index).flatten().to(
+                weak.device, non_blocking=True)
+            operation = OPERATIONS[OP_NAMES[index]]
+            x = x.index_copy(0, chosen, operation(x[chosen], args[chosen, layer]).round()
+                             .clamp(0, 255))
     return x
 
 
@@ -253,8 +257,9 @@ def _affine(x: Tensor, matrices: Tensor) -> Tensor:
     size_w, size_h = x.shape[-1], x.shape[-2]
     to_pixels = x.new_tensor([[size_w / 2, 0, size_w / 2], [0, size_h / 2, size_h / 2],
                               [0, 0, 1]])
+    from_pixels = x.new_tensor([[2 / size_w, 0, -1], [0, 2 / size_h, -1], [0, 0, 1]])
     full = torch.cat([matrices, x.new_tensor([0, 0, 1]).expand(len(x), 1, 3)], dim=1)
-    theta = torch.linalg.inv(to_pixels) @ full @ to_pixels
+    theta = from_pixels @ full @ to_pixels
     grid = F.affine_grid(theta[:, :2], list(x.shape), align_corners=False)
     return F.grid_sample(x - FILL, grid, mode="bilinear", padding_mode="zeros",
                          align_corners=False) + FILL
@@ -340,7 +345,8 @@ OPERATIONS: dict[str, Operation] = {
     "Desaturate": _desaturate,
 }
 """timm's RandAugment operation names -> batched versions (same argument as timm's op)."""
-OP_INDEX = {name: i for i, name in enumerate(OPERATIONS)}
+OP_NAMES = tuple(OPERATIONS)
+OP_INDEX = {name: i for i, name in enumerate(OP_NAMES)}
 
 
 @torch.no_grad()
@@ -354,4 +360,4 @@ def unlabelled_views(faces: Tensor, crops: WeakParams, augment: StrongParams,
                      device: torch.device, size: int) -> tuple[Tensor, Tensor]:
     """An unlabelled batch's weak and strong views on ``device``, uint8 NHWC."""
     weak = weak_views(faces, crops.to(device), size)
-    return to_uint8_nhwc(weak), to_uint8_nhwc(strong_views(weak, augment.to(device)))
+    return to_uint8_nhwc(weak), to_uint8_nhwc(strong_views(weak, augment))
