@@ -238,7 +238,7 @@ def bench_device_views(index: UnlabeledIndex, jpegs: list[bytes],
     print(f"  unlabelled batch (recordio, data.views=device) {1e6 * r / per:7.1f} us   bound "
           f"(decode only) {1e6 * b / per:7.1f} us   ratio {ratio:.3f}; "
           f"{share:.3f} of the PIL views' worker time ({1e6 * pil_seconds / per:.1f} us)")
-    prepared = [device[batch][2:] for batch in batches[:8]]
+    prepared = [device[batch][:3] for batch in batches[:8]]
     cpu = torch.device("cpu")
     step = cpu_seconds(lambda: [unlabelled_views(*p, cpu, cfg.data.input_size)
                                 for p in prepared], 1) / len(prepared)

@@ -104,7 +104,7 @@ def test_unlabelled_batch_on_the_device_equals_the_worker_batch() -> None:
         None, ["data.input_size=64", "data.views=device"]).data), seed=5)
     item = (3, np.arange(16))
     weak, strong, used, broken = on_worker[item]
-    used_d, broken_d, stacked, crops, augment = on_device[item]
+    stacked, crops, augment, used_d, broken_d = on_device[item]
     assert torch.equal(used, used_d) and torch.equal(broken, broken_d)
     assert stacked.shape == (16, 112, 112, 3) and stacked.dtype == torch.uint8
     assert (augment.ops >= 0).sum() >= 8  # about half of 2 x 16 layers are applied

@@ -226,7 +226,7 @@ def stack(images: Sequence[Image.Image]) -> torch.Tensor:
 
 class LabelledBatches(Dataset):
     """``(k, positions)`` -> (uint8 [B,S,S,3] weak views, int64 [B] labels); with device views
-    (int64 [B] labels, uint8 [B,H,W,3] faces, their ``WeakParams``)."""
+    (uint8 [B,H,W,3] faces, their ``WeakParams``, int64 [B] labels)."""
 
     def __init__(self, store: FaceStore, rows: np.ndarray, labels: np.ndarray, views: Views,
                  *, seed: int, rank: int = 0) -> None:
@@ -242,7 +242,7 @@ class LabelledBatches(Dataset):
         labels = torch.from_numpy(self.labels[positions].astype(np.int64))
         faces = (self.store.face(int(row)) for row in self.rows[positions])
         if self.views.on_device:
-            return (labels, *self.views.faces_and_weak_params(list(faces), rng))
+            return (*self.views.faces_and_weak_params(list(faces), rng), labels)
         # one face at a time from the memory map: no batch array copied in between
         return stack([self.views.weak(face, rng) for face in faces]), labels
 
@@ -327,8 +327,8 @@ class UnlabelledPool:
 
 class UnlabelledBatches(Dataset):
     """``(k, positions)`` -> (uint8 weak views, uint8 strong views, int64 pool indices of the
-    images used, int64 pool indices of broken images skipped); with device views (the two
-    index tensors, uint8 faces, ``WeakParams``, ``StrongParams``).
+    images used, int64 pool indices of broken images skipped); with device views (uint8
+    faces, ``WeakParams``, ``StrongParams``, then the same two index tensors).
 
     The skipped ones travel in the batch because loader workers are other processes: the
     main process collects them and reports them at the end of training.
@@ -358,7 +358,7 @@ class UnlabelledBatches(Dataset):
             stacked, crops = self.views.faces_and_weak_params(faces, rng)
             with seeded_globals(int(rng.integers(2**63))):
                 augment = self.views.strong_drawer.draw(len(faces))
-            return used_t, broken_t, stacked, crops, augment
+            return stacked, crops, augment, used_t, broken_t
         weak = [self.views.weak(face, rng) for face in faces]
         with seeded_globals(int(rng.integers(2**63))):
             strong = [self.views.strong(image) for image in weak]

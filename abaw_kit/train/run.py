@@ -514,7 +514,7 @@ def batch_stream(labelled_iter: Iterator[Any], unlabelled_iter: Iterator[Any] | 
         if views_on is None:
             images, labels = next(labelled_iter)
         else:
-            labels, faces, crops = next(labelled_iter)
+            faces, crops, labels = next(labelled_iter)
             images = device_views.labelled_views(faces, crops, views_on, size)
         if unlabelled_iter is None:
             yield Batch(images, labels)
@@ -522,7 +522,7 @@ def batch_stream(labelled_iter: Iterator[Any], unlabelled_iter: Iterator[Any] | 
             weak, strong, indices, broken = next(unlabelled_iter)
             yield Batch(images, labels, weak, strong, indices, broken)
         else:
-            indices, broken, faces, crops, augment = next(unlabelled_iter)
+            faces, crops, augment, indices, broken = next(unlabelled_iter)
             weak, strong = device_views.unlabelled_views(faces, crops, augment, views_on, size)
             yield Batch(images, labels, weak, strong, indices, broken)
 
