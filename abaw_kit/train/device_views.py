@@ -9,14 +9,16 @@ function of (seed, stream, rank, k) and an exact resume holds; the training step
 on the model's device (CPU included) before normalising.
 
 How close it is to the PIL path (``tests/test_device_views.py`` measures it on the same
-parameters): every colour operation within one grey level per pixel on average; the crop,
-rotate, shear and translate resample bilinearly (PIL: bilinear or bicubic at random, with its
-own edge handling), a few grey levels on average, most of it along edges. ``GaussianBlur``
+parameters): colour operations within 0.6 grey levels per pixel on average (PIL's integer
+rounding); rotate, shear and translate within 0.8, the differences along the edges, where PIL
+handles the border its own way; the weak crop within 0.5 (an area average against PIL's
+antialiased bilinear). timm draws bilinear or bicubic for each geometric operation; here it is
+always bilinear (the draw is still made, so the random streams stay in step). ``GaussianBlur``
 and ``GaussianBlurRand`` (timm's '3a' sets) have no batched version: a spec using them is a
 config error with device views.
 
-Parameters travel as tensors (``WeakParams``, ``StrongParams``): batch-first, so loader
-collation and ``pin_memory`` treat them like any other batch part.
+Parameters travel as small batch-first tensors (``WeakParams``, ``StrongParams``, which pin
+like any batch part when the loader pins memory).
 """
 
 from __future__ import annotations
