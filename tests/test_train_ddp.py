@@ -108,10 +108,11 @@ def _resume_on_two(rank: int, root: str, port: int, reshard: bool) -> None:
 
 
 @pytest.mark.slow
-def test_a_run_from_one_process_goes_on_with_two_only_with_reshard(tmp_path: Path) -> None:
+def test_a_run_from_one_process_goes_on_with_two_only_with_reshard(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "work"
     make_workspace(root)
-    use_fake_unlabeled()
+    use_fake_unlabeled(monkeypatch)  # this process only: the spawned ranks patch their own
     train(Workspace(root), tiny_config(), run_name="grow", progress=False, stop_after=5)
     mp.spawn(_resume_on_two, args=(str(root), _free_port(), False), nprocs=2, join=True)
     refused = json.loads((root / "resume0-rank0.json").read_text())

@@ -173,15 +173,12 @@ class Views:
 
     def faces_and_weak_params(self, faces: Sequence[np.ndarray | Image.Image],
                               rng: np.random.Generator) -> tuple[torch.Tensor, WeakParams]:
-        """Device views: the decoded faces as one uint8 batch + their weak-view parameters,
-        drawn as ``weak`` draws them."""
-        arrays = [np.asarray(face, dtype=np.uint8) for face in faces]
-        shape = arrays[0].shape
-        arrays = [a if a.shape == shape else  # a source at another face size: one size a batch
-                  np.asarray(Image.fromarray(a).resize(shape[1::-1], Image.Resampling.BILINEAR))
-                  for a in arrays]
-        drawn = [self.weak_params((shape[1], shape[0]), rng) for _ in arrays]
-        return (torch.from_numpy(np.stack(arrays)),
+        """Device views: the decoded faces (all at the store's 112 px) as one uint8 batch +
+        their weak-view parameters, drawn as ``weak`` draws them."""
+        stacked = np.stack([np.asarray(face, dtype=np.uint8) for face in faces])
+        height, width = stacked.shape[1:3]
+        drawn = [self.weak_params((width, height), rng) for _ in faces]
+        return (torch.from_numpy(stacked),
                 weak_params([box for box, _ in drawn], [flip for _, flip in drawn]))
 
 

@@ -290,20 +290,18 @@ class TrainingRun:
     def _check_same_stream(self, saved: dict[str, Any], ignore_world: bool) -> None:
         """Resume needs the same items behind the sampler positions, and exact resume the
         same process count."""
-        skip = {"next_batch", "segments", *({"world_size"} if ignore_world else ())}
-        was = {k: v for k, v in saved.get("sampler", {}).items() if k not in skip}
-        now = {k: v for k, v in self._stream_signature().items() if k not in skip}
-        if was == now:
-            return
-        if {k: v for k, v in was.items() if k != "world_size"} == {
-                k: v for k, v in now.items() if k != "world_size"}:
+        was, now = saved.get("sampler", {}), self._stream_signature()
+        was_data = {key: was.get(key) for key in ("labelled", "unlabelled")}
+        now_data = {key: now[key] for key in ("labelled", "unlabelled")}
+        if was_data != now_data:
+            raise AbawError(f"cannot resume {self.run_dir.name} exactly: the training data "
+                            f"changed since the checkpoint (was {was_data}, now {now_data}); "
+                            "start a new run")
+        if not ignore_world and was.get("world_size") != now["world_size"]:
             raise AbawError(f"cannot resume {self.run_dir.name} exactly: it was trained on "
                             f"{was.get('world_size')} process(es), this is "
-                            f"{now.get('world_size')}; add --reshard to go on anyway (not "
+                            f"{now['world_size']}; add --reshard to go on anyway (not "
                             "exact: same images seen, ranks reseeded), or use the same count")
-        raise AbawError(f"cannot resume {self.run_dir.name} exactly: the training data or "
-                        f"process count changed since the checkpoint (was {was}, now "
-                        f"{now}); start a new run")
 
     def _stream_signature(self) -> dict[str, int]:
         return {"labelled": len(self.data.labelled), "unlabelled": self.data.num_unlabelled,
