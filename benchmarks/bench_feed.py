@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import math
 import os
 import tempfile
 import time
@@ -43,7 +42,6 @@ from PIL import Image
 from abaw_kit.config import resolve_config
 from abaw_kit.data.store import FaceStore, FaceStoreWriter
 from abaw_kit.train.data import (
-    ASPECT_RANGE,
     IndexImages,
     LabelledBatches,
     UnlabelledBatches,
@@ -99,22 +97,6 @@ def cpu_seconds(work: Callable[[], object], repeat: int) -> float:
     return (time.process_time() - begin) / repeat
 
 
-def weak_bound(views: Views, image: Image.Image, rng: np.random.Generator) -> Image.Image:
-    """The weak view's PIL operations and random draws, nothing else."""
-    width, height = image.size
-    area = width * height * rng.uniform(*views.scale)
-    aspect = math.exp(rng.uniform(*np.log(ASPECT_RANGE)))
-    crop_w = min(width, round(math.sqrt(area * aspect)))
-    crop_h = min(height, round(math.sqrt(area / aspect)))
-    left = int(rng.integers(0, width - crop_w + 1))
-    top = int(rng.integers(0, height - crop_h + 1))
-    image = image.resize((views.size, views.size), Image.Resampling.BILINEAR,
-                         box=(left, top, left + crop_w, top + crop_h))
-    if rng.random() < views.hflip:
-        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return image
-
-
 def unlabelled_bound(views: Views, jpegs: list[bytes], positions: np.ndarray,
                      k: int) -> np.ndarray:
     """Decode + weak + strong of bytes in memory, into one uint8 array."""
@@ -123,7 +105,7 @@ def unlabelled_bound(views: Views, jpegs: list[bytes], positions: np.ndarray,
     weak = []
     for j, i in enumerate(positions):
         with Image.open(io.BytesIO(jpegs[int(i)])) as decoded:
-            image = weak_bound(views, decoded.convert("RGB"), rng)
+            image = views.weak(decoded.convert("RGB"), rng)
         out[0, j] = image
         weak.append(image)
     with seeded_globals(int(rng.integers(2**63))):
@@ -136,7 +118,7 @@ def labelled_bound(views: Views, faces: np.ndarray, positions: np.ndarray, k: in
     rng = batch_rng(0, 1, 0, k)
     out = np.empty((len(positions), views.size, views.size, 3), np.uint8)
     for j, i in enumerate(positions):
-        out[j] = weak_bound(views, Image.fromarray(faces[int(i)]), rng)
+        out[j] = views.weak(faces[int(i)], rng)
     return out
 
 
