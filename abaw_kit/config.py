@@ -254,6 +254,7 @@ class EvalConfig:
 
 TEMPORAL_MODELS = ("transformer", "tcn")
 TEMPORAL_POSITIONAL = ("sinusoidal", "learned", "none")
+TEMPORAL_CENTRE_OVER = ("window", "video")
 
 
 @dataclass
@@ -282,6 +283,10 @@ class TemporalConfig:
     centre: bool = opt(True, "also feed each frame's offset from the window's mean embedding "
                        "(the window is one subject: the mean carries identity, the offset "
                        "expression)")
+    centre_over: str = opt("window", "the mean that `centre` subtracts: of the window's frames "
+                           "with a face, or of the whole video's (one subject; a steadier "
+                           "estimate of who it is than a window that may hold one long "
+                           "expression)", choices=TEMPORAL_CENTRE_OVER)
     residual: bool = opt(True, "output the frame model's own logits (its classifier on each "
                          "embedding, frozen) plus a learned correction that starts at zero")
     batch_size: int = opt(32, "windows per step and per process", min=1)

@@ -111,6 +111,10 @@ def test_window_centring_feeds_offsets_from_the_mean_of_the_faces_only() -> None
     shifted = torch.where(mask[..., None], x + torch.tensor([5.0, -2.0, 1.0]), x)
     WindowCentred(Record())(shifted, mask)  # the same person in other light: same offsets
     torch.testing.assert_close(seen[1][..., 3:], offsets)
+    centre = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])  # centre_over: video
+    WindowCentred(Record())(x + 0.0, mask, centre)
+    torch.testing.assert_close(seen[2][0, mask[0], 3:], x[0, mask[0]] - centre[0])
+    assert not seen[2][..., 3:][~mask].any()
     model = make_temporal_model("tcn", 3, width=8, depth=1, heads=1, dropout=0.0, max_len=5,
                                 positional="none", centre=True)
     assert model(x, mask).shape == (2, 5, 8)

@@ -82,9 +82,11 @@ def test_trains_into_the_run_and_evaluate_and_submit_use_it(work: Workspace) -> 
     assert result["frames"] == len(FaceStore(work.store_dir("test")).index)
 
 
+@pytest.mark.parametrize("centre_over", ["window", "video"])
 def test_probabilities_cover_each_face_frame_once_and_never_cross_videos(
-        work: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
-    train_temporal(work, temporal_config(work), run="run", progress=False, log=lambda m: None)
+        work: Workspace, monkeypatch: pytest.MonkeyPatch, centre_over: str) -> None:
+    train_temporal(work, temporal_config(work, f"temporal.centre_over={centre_over}"),
+                   run="run", progress=False, log=lambda m: None)
     run_dir = work.runs_dir / "run"
     store = FaceStore(work.store_dir("train"))
     probs = temporal_split_probabilities(run_dir, store, "train", device="cpu")
@@ -143,6 +145,16 @@ def test_windows_read_the_memory_mapped_files(work: Workspace) -> None:
     batch = windows.gather([0, len(windows) - 1])
     assert batch.x.shape == (2, 16, embeddings.dim) and batch.x.dtype == np.float32
     assert not batch.x[~batch.mask].any() and (batch.labels[~batch.mask] == -1).all()
+    assert batch.centre is None  # centre_over: window, the model takes the window's own mean
+
+
+def test_video_centre_is_the_mean_of_the_whole_videos_faces(work: Workspace) -> None:
+    windows = SplitWindows(EmbeddingStore.open(work, "train", "run"), 16, 4, video_centre=True)
+    batch = windows.gather(np.arange(len(windows)))
+    for i, video in enumerate(windows.plan.videos):
+        faces = windows.videos[int(video)].embeddings.astype(np.float64)
+        np.testing.assert_allclose(batch.centre[i], faces.mean(axis=0), rtol=1e-5, atol=1e-6)
+    assert len({tuple(c) for c in batch.centre}) == len(windows.videos)  # one per video
 
 
 # -- bad input -------------------------------------------------------------------------------

@@ -30,11 +30,21 @@ def face_row_map(has_face: np.ndarray) -> np.ndarray:
     return rows
 
 
+def video_mean(embeddings: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """float32 [D] mean of one video's embeddings (zeros for none), read in chunks so that a
+    memory-mapped file is never loaded whole."""
+    total = np.zeros(embeddings.shape[1], np.float64)
+    for start in range(0, len(embeddings), chunk):
+        total += embeddings[start:start + chunk].astype(np.float64).sum(axis=0)
+    return (total / max(len(embeddings), 1)).astype(np.float32)
+
+
 @dataclass
 class WindowBatch:
     x: np.ndarray  # float32 [B, L, D]
     mask: np.ndarray  # bool [B, L]: the frame has a face
     labels: np.ndarray  # int64 [B, L]: -1 where no loss (no face, unlabelled, padding)
+    centre: np.ndarray | None = None  # float32 [B, D]: each window's video mean (video_centre)
 
 
 class SplitWindows:
@@ -44,11 +54,13 @@ class SplitWindows:
     says from what), since a longer window would only be padding; without it (validation,
     prediction: the trained window), shorter videos are one padded window each.
     ``labelled_only`` keeps the windows with at least one labelled frame with a face: the only
-    ones that carry a loss.
+    ones that carry a loss. With ``video_centre`` every batch also carries the mean embedding
+    of its window's whole video (``temporal.centre_over: video``), computed once per video.
     """
 
     def __init__(self, embeddings: EmbeddingStore, window: int, stride: int, *,
-                 labelled_only: bool = False, clip: bool = False) -> None:
+                 labelled_only: bool = False, clip: bool = False,
+                 video_centre: bool = False) -> None:
         self.split, self.dim = embeddings.split, embeddings.dim
         self.videos: list[VideoEmbeddings] = [v for v in embeddings if len(v.frames)]
         self.lengths = [len(v.frames) for v in self.videos]
@@ -63,6 +75,8 @@ class SplitWindows:
             plan = WindowPlan(plan.videos[keep], plan.starts[keep], window)
         self.plan, self.window, self.stride = plan, window, min(stride, window)
         self._masks: np.ndarray | None = None
+        self.video_means = (np.stack([video_mean(v.embeddings) for v in self.videos])
+                            if video_centre and self.videos else None)
 
     def _has_loss(self, video: int, start: int, window: int) -> bool:
         part = slice(start, start + window)
@@ -111,7 +125,9 @@ class SplitWindows:
             x[j], mask[j] = gather_window(self.videos[video].embeddings, self.face_rows[video],
                                           start, self.window)
             labels[j] = window_labels(self.videos[video].labels, mask[j], start, self.window)
-        return WindowBatch(x, mask, labels)
+        centre = (None if self.video_means is None
+                  else self.video_means[self.plan.videos[indices]])
+        return WindowBatch(x, mask, labels, centre)
 
     def _start(self, i: int, video: int, shift: int) -> int:
         start = int(self.plan.starts[i])

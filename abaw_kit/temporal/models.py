@@ -3,7 +3,9 @@
 Both take ``x`` [B, L, D] and ``mask`` [B, L] (True: the frame has a face) and return logits
 [B, L, classes]. Masked frames are zero inputs and never attended to (Transformer) or are
 flagged by an extra input channel (TCN, whose convolutions cannot skip them); their outputs
-are ignored by the loss and by stitching.
+are ignored by the loss and by stitching. ``WindowCentred`` (``temporal.centre``) and
+``FrameResidual`` (``temporal.residual``) wrap them; with ``temporal.centre_over: video`` they also
+take ``centre`` [B, D], the mean embedding of each window's video.
 
 - ``transformer``: linear projection, positional encoding (sinusoidal, learned or none), a
   pre-norm ``nn.TransformerEncoder`` with the key-padding mask, a linear head.
@@ -103,8 +105,9 @@ class TemporalTCN(nn.Module):
 
 
 class WindowCentred(nn.Module):
-    """Feeds ``net`` each frame's embedding and its difference from the mean embedding of the
-    window's frames with a face.
+    """Feeds ``net`` each frame's embedding and its difference from the subject's mean
+    embedding: ``centre`` [B, D] when given (the whole video's mean, ``temporal.centre_over:
+    video``), else the mean of the window's frames with a face.
 
     Why: a window shows one subject, so the mean carries who it is (and the lighting, the
     pose), and the difference carries what changes: the expression. A frame model that has
@@ -116,9 +119,13 @@ class WindowCentred(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor,
+                centre: torch.Tensor | None = None) -> torch.Tensor:
         weight = mask[..., None].to(x.dtype)
-        mean = (x * weight).sum(1, keepdim=True) / weight.sum(1, keepdim=True).clamp_min(1.0)
+        if centre is None:
+            mean = (x * weight).sum(1, keepdim=True) / weight.sum(1, keepdim=True).clamp_min(1.0)
+        else:
+            mean = centre[:, None, :].to(x.dtype)
         return self.net(torch.cat([x, (x - mean) * weight], dim=-1), mask)
 
 
@@ -146,9 +153,11 @@ class FrameResidual(nn.Module):
         self.frame_weight.copy_(weight)
         self.frame_bias.copy_(bias)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor,
+                centre: torch.Tensor | None = None) -> torch.Tensor:
         frame = nn.functional.linear(x, self.frame_weight.to(x.dtype), self.frame_bias.to(x.dtype))
-        return frame + self.net(x, mask)
+        inner = self.net(x, mask) if centre is None else self.net(x, mask, centre)
+        return frame + inner
 
 
 def output_layer(net: nn.Module) -> nn.Linear:

@@ -29,7 +29,13 @@ from abaw_kit.progress import progress_bar
 from abaw_kit.run_dir import RunDir
 from abaw_kit.temporal.data import SplitWindows
 from abaw_kit.temporal.models import build_temporal_model
-from abaw_kit.temporal.train import EMBEDDING_FIELDS, KIND, predict_stride, stitched_probabilities
+from abaw_kit.temporal.train import (
+    EMBEDDING_FIELDS,
+    KIND,
+    predict_stride,
+    stitched_probabilities,
+    uses_video_centre,
+)
 from abaw_kit.temporal.train import window_probabilities as run_windows
 from abaw_kit.train.checkpoint import read_weights, split_weights, usable_weights
 from abaw_kit.train.distributed import resolve_device
@@ -119,7 +125,8 @@ def temporal_split_probabilities(run_dir: Path | RunDir, store: FaceStore, split
     if loaded.checkpoint != checkpoint:  # a new best appeared meanwhile
         key = key_of(loaded.checkpoint)
     window = int(loaded.meta["window"])
-    windows = SplitWindows(embeddings, window, predict_stride(loaded.cfg.temporal, window))
+    windows = SplitWindows(embeddings, window, predict_stride(loaded.cfg.temporal, window),
+                           video_centre=uses_video_centre(loaded.cfg.temporal))
     probs = np.full((len(store.index), NUM_CLASSES), np.nan, np.float32)
     with progress_bar(progress, f"temporal {split}", windows.frames_with_face,
                       "frames") as advance:

@@ -124,8 +124,9 @@ class TemporalData:
     def open(cls, work: Workspace, run_dir: Path | RunDir,
              temporal: TemporalConfig) -> TemporalData:
         train_embeddings = EmbeddingStore(run_dir, FaceStore(work.store_dir("train")), "train")
+        video_centre = uses_video_centre(temporal)
         train = SplitWindows(train_embeddings, temporal.window, temporal.stride,
-                             labelled_only=True, clip=True)
+                             labelled_only=True, clip=True, video_centre=video_centre)
         notes = []
         if train.clipped_from:
             notes.append(f"temporal.window {train.clipped_from} is longer than every train "
@@ -139,7 +140,8 @@ class TemporalData:
             val_embeddings = EmbeddingStore(run_dir, val_store, "val")
             _check_same_embeddings(train_embeddings.record, val_embeddings.record, "val")
             val = SplitWindows(val_embeddings, train.window,
-                               predict_stride(temporal, train.window))
+                               predict_stride(temporal, train.window),
+                               video_centre=video_centre)
             if not (val_store.index["label"].to_numpy() >= 0).any() or \
                     val.frames_with_face == 0:
                 notes.append("the val embeddings have no labelled frame with a face: no "
@@ -178,6 +180,11 @@ def frame_classifier(run_dir: Path, checkpoint: str) -> tuple[torch.Tensor, torc
 def predict_stride(temporal: TemporalConfig, window: int) -> int:
     """``temporal.predict_stride``, 0 meaning a quarter of the (clipped) window."""
     return min(temporal.predict_stride or max(1, window // 4), window)
+
+
+def uses_video_centre(temporal: TemporalConfig) -> bool:
+    """Whether the windows must carry their video's mean embedding (``centre_over: video``)."""
+    return temporal.centre and temporal.centre_over == "video"
 
 
 def _check_same_embeddings(train: dict[str, Any], other: dict[str, Any], split: str) -> None:
@@ -356,7 +363,8 @@ class TemporalRun:
         x = F.dropout(batch["x"], self.t.input_dropout, training=True)
         self.model.train()
         with autocast(self.amp_dtype):
-            logits = self.model(x, batch["mask"])
+            logits = (self.model(x, batch["mask"], batch["centre"]) if "centre" in batch
+                      else self.model(x, batch["mask"]))
         loss = window_loss(logits.float(), batch["labels"], self.class_weights)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -369,7 +377,9 @@ class TemporalRun:
     def _to_device(self, batch: WindowBatch) -> dict[str, torch.Tensor]:
         pin = self.dist.device.type == "cuda"
         out = {}
-        for name in ("x", "mask", "labels"):
+        for name in ("x", "mask", "labels", "centre"):
+            if getattr(batch, name) is None:
+                continue
             tensor = torch.from_numpy(getattr(batch, name))
             out[name] = (tensor.pin_memory() if pin else tensor).to(self.dist.device,
                                                                     non_blocking=pin)
@@ -503,7 +513,8 @@ def window_probabilities(model: nn.Module, windows: SplitWindows, indices: np.nd
             x = torch.from_numpy(batch.x).to(device)
             mask = torch.from_numpy(batch.mask).to(device)
             with autocast(amp_dtype):
-                logits = model(x, mask)
+                logits = (model(x, mask) if batch.centre is None
+                          else model(x, mask, torch.from_numpy(batch.centre).to(device)))
             out[start:start + len(part)] = logits.float().softmax(-1).cpu().numpy()
             if advance is not None:
                 advance(int(batch.mask.sum()))
