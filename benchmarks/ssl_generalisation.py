@@ -10,7 +10,10 @@ people the model never saw. Settings:
 
 For each setting it prints mean +- std per method and, for every method against ``none``, the
 per-seed paired difference (same seed = same labelled subset, same initialisation) with its
-mean and spread. ``--pretrained FILE`` starts every run from that file (e.g. torchvision's
+mean and spread, and (where ``none`` ran for that seed in the same call) the std of that
+difference over bootstrap draws of the split's videos: the same 20 people score every seed,
+so the seed spread cannot show how much a gain depends on which people were drawn; this
+does. ``--pretrained FILE`` starts every run from that file (e.g. torchvision's
 ImageNet MobileNetV2 with ``--set model.backbone=mobilenetv2_100``).
 
     python benchmarks/ssl_generalisation.py --settings all few --seeds 0 1 2 --out table.json
@@ -34,7 +37,7 @@ from abaw_kit.config import resolve_train_config
 from abaw_kit.data.store import FaceStore
 from abaw_kit.demo import TEST_LABELS_FILE
 from abaw_kit.infer import load_run_model, predict_rows
-from abaw_kit.metrics import macro_f1
+from abaw_kit.metrics import macro_f1, paired_bootstrap
 from abaw_kit.prepare import PrepareOptions, prepare
 from abaw_kit.train.run import train
 from abaw_kit.workspace import Workspace
@@ -100,20 +103,38 @@ class SplitScorer:
         self.labels = {"val": self.stores["val"].index["label"].to_numpy(np.int64),
                        "test": merged["label"].fillna(-1).to_numpy(np.int64)}
 
-    def __call__(self, run_dir: Path) -> dict[str, float]:
+    def __call__(self, run_dir: Path) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """The scores and the predicted class of every scored frame, per split."""
         loaded = load_run_model(run_dir, device="cpu", which="last")
-        scores = {}
+        scores, predictions = {}, {}
         for split, store in self.stores.items():
-            rows = store.rows(labelled=None, with_face=True)
-            rows = rows[self.labels[split][rows] >= 0]
+            rows = self.scored_rows(split)
             probs = predict_rows(loaded.model, loaded.normalize, store, rows, batch_size=256)
-            scores[split] = round(macro_f1(self.labels[split][rows], probs.argmax(axis=1)), 4)
-        return scores
+            predictions[split] = probs.argmax(axis=1)
+            scores[split] = round(macro_f1(self.labels[split][rows], predictions[split]), 4)
+        return scores, predictions
+
+    def scored_rows(self, split: str) -> np.ndarray:
+        rows = self.stores[split].rows(labelled=None, with_face=True)
+        return rows[self.labels[split][rows] >= 0]
+
+    def people_spread(self, baseline: dict[str, np.ndarray],
+                      other: dict[str, np.ndarray]) -> dict[str, float]:
+        """Per split, the std of other - baseline over draws of the split's videos (people)."""
+        spread = {}
+        for split in self.stores:
+            rows = self.scored_rows(split)
+            videos = self.stores[split].index["video"].to_numpy()[rows]
+            result = paired_bootstrap(self.labels[split][rows], baseline[split], other[split],
+                                      videos)
+            spread[f"{split}_people_std"] = round(result["std"], 4)
+        return spread
 
 
 def run_setting(work: Workspace, scorer: SplitScorer, setting: str,
                 args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
+    baselines: dict[int, dict[str, np.ndarray]] = {}  # the none run's predictions per seed
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for seed in args.seeds:
         for method in args.methods:
@@ -131,10 +152,14 @@ def run_setting(work: Workspace, scorer: SplitScorer, setting: str,
             start = time.perf_counter()
             summary = train(work, cfg, run_name=f"{setting}-{method}-s{seed}-{stamp}",
                             progress=False)
-            scores = scorer(Path(summary["run_dir"]))
+            scores, predictions = scorer(Path(summary["run_dir"]))
             seconds = time.perf_counter() - start
             quality = late_pseudo_label_quality(Path(summary["metrics_csv"]))
-            rows.append({"method": method, "seed": seed, **scores, **quality,
+            if method == "none":
+                baselines[seed] = predictions
+            spread = (scorer.people_spread(baselines[seed], predictions)
+                      if method != "none" and seed in baselines else {})
+            rows.append({"method": method, "seed": seed, **scores, **quality, **spread,
                          "seconds": round(seconds)})
             print(f"{setting:<4} seed {seed} {method:<10} val {scores['val']:.4f} "
                   f"test {scores['test']:.4f} ({seconds:.0f} s)"
@@ -168,6 +193,12 @@ def print_summary(setting: str, rows: list[dict[str, Any]], methods: list[str]) 
                       if ("none", r["seed"]) in by]
             diffs.append(_mean_std(paired, signed=True) if method != "none" and paired else "")
         print(f"{method:<10} {cells[0]:>15} {cells[1]:>15} {diffs[0]:>20} {diffs[1]:>20}")
+    for method in methods:
+        spreads = [r for r in rows if r["method"] == method and "val_people_std" in r]
+        if spreads:
+            print(f"{method} - none, std over draws of the people, per seed: val "
+                  f"{[r['val_people_std'] for r in spreads]}, test "
+                  f"{[r['test_people_std'] for r in spreads]}")
     baseline = [r for r in rows if r["method"] == "none"]
     if len(baseline) > 1:  # issue #9's demo checks: val and test agree, seeds agree
         gap = abs(statistics.mean(r["val"] for r in baseline)

@@ -8,7 +8,7 @@ from sklearn.metrics import f1_score
 
 from abaw_kit.classes import CLASS_NAMES
 from abaw_kit.errors import AbawError
-from abaw_kit.metrics import frame_report, macro_f1
+from abaw_kit.metrics import frame_report, macro_f1, paired_bootstrap
 
 
 def _reference(labels: np.ndarray, preds: np.ndarray) -> float:
@@ -73,3 +73,22 @@ def test_frame_report_contents() -> None:
     assert report["per_video_f1"]["a"] == pytest.approx(
         f1_score([0, 0, 1, 1], [0, 1, 1, 1], average="macro"))
     assert set(report["per_video_f1"]) == {"a", "b"}
+
+
+def test_paired_bootstrap_spread_comes_from_the_people_drawn() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 8, 2000)
+    groups = np.repeat(np.arange(20), 100)
+    a = np.where(rng.random(2000) < 0.5, labels, rng.integers(0, 8, 2000))
+    same = paired_bootstrap(labels, a, a, groups, resamples=200)
+    assert same["difference"] == same["std"] == same["low"] == same["high"] == 0.0
+    b = a.copy()
+    b[groups == 3] = labels[groups == 3]  # b is better on one person only
+    result = paired_bootstrap(labels, a, b, groups, resamples=400)
+    assert result["difference"] == pytest.approx(macro_f1(labels, b) - macro_f1(labels, a))
+    assert result["groups"] == 20 and result["std"] > 0
+    assert result["low"] == 0.0 < result["difference"] < result["high"]  # draws without person 3
+    assert paired_bootstrap(labels, a, b, groups, resamples=400) == result  # seeded
+    ignored = labels.copy()
+    ignored[groups == 3] = -1  # unlabelled frames (and a person with none) are not drawn
+    assert paired_bootstrap(ignored, a, b, groups, resamples=50)["groups"] == 19
