@@ -120,14 +120,16 @@ class SplitScorer:
 
     def people_spread(self, baseline: dict[str, np.ndarray],
                       other: dict[str, np.ndarray]) -> dict[str, float]:
-        """Per split, the std of other - baseline over draws of the split's videos (people)."""
+        """Per split, the std and the 95 % interval of other - baseline over draws of the
+        split's videos (people)."""
         spread = {}
         for split in self.stores:
             rows = self.scored_rows(split)
             videos = self.stores[split].index["video"].to_numpy()[rows]
             result = paired_bootstrap(self.labels[split][rows], baseline[split], other[split],
                                       videos)
-            spread[f"{split}_people_std"] = round(result["std"], 4)
+            for key in ("std", "low", "high"):
+                spread[f"{split}_people_{key}"] = round(result[key], 4)
         return spread
 
 
