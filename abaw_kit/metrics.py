@@ -68,11 +68,7 @@ def frame_report(labels: Any, preds: Any, videos: Any = None) -> dict[str, Any]:
         "n_frames": len(y),
     }
     if videos is not None:
-        names = np.asarray(videos).ravel()
-        if len(names) != len(mask):
-            raise AbawError(f"videos ({len(names)} entries) and labels ({len(mask)} frames) "
-                            "differ in length; expected one video name per frame")
-        frame = pd.DataFrame({"video": names[mask], "y": y, "p": p})
+        frame = pd.DataFrame({"video": _scored_names(videos, mask), "y": y, "p": p})
         report["per_video_f1"] = {
             str(video): float(f1_score(part["y"], part["p"], average="macro", zero_division=0))
             for video, part in frame.groupby("video", sort=False)
@@ -90,7 +86,7 @@ def paired_bootstrap(labels: Any, preds_a: Any, preds_b: Any, groups: Any, *,
     """
     y, p_a, mask = _scored(labels, preds_a)
     _, p_b, _ = _scored(labels, preds_b)
-    codes, names = pd.factorize(np.asarray(groups).ravel()[mask])
+    codes, names = pd.factorize(_scored_names(groups, mask))
     rows_of = [np.flatnonzero(codes == g) for g in range(len(names))]
     rng = np.random.default_rng(seed)
     draws = np.empty(resamples)
@@ -100,6 +96,15 @@ def paired_bootstrap(labels: Any, preds_a: Any, preds_b: Any, groups: Any, *,
     return {"difference": _fast_macro_f1(y, p_b) - _fast_macro_f1(y, p_a),
             "std": float(draws.std()), "low": float(np.percentile(draws, 2.5)),
             "high": float(np.percentile(draws, 97.5)), "groups": len(names)}
+
+
+def _scored_names(videos: Any, mask: np.ndarray) -> np.ndarray:
+    """The video name of every scored frame, given one name per frame."""
+    names = np.asarray(videos).ravel()
+    if len(names) != len(mask):
+        raise AbawError(f"videos ({len(names)} entries) and labels ({len(mask)} frames) "
+                        "differ in length; expected one video name per frame")
+    return names[mask]
 
 
 def _fast_macro_f1(y: np.ndarray, p: np.ndarray) -> float:

@@ -102,19 +102,21 @@ class SplitScorer:
         merged = index.merge(truth, on=["video", "frame"], how="left")
         self.labels = {"val": self.stores["val"].index["label"].to_numpy(np.int64),
                        "test": merged["label"].fillna(-1).to_numpy(np.int64)}
+        self.rows = {split: self._scored_rows(split) for split in self.stores}
 
     def __call__(self, run_dir: Path) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         """The scores and the predicted class of every scored frame, per split."""
         loaded = load_run_model(run_dir, device="cpu", which="last")
         scores, predictions = {}, {}
         for split, store in self.stores.items():
-            rows = self.scored_rows(split)
+            rows = self.rows[split]
             probs = predict_rows(loaded.model, loaded.normalize, store, rows, batch_size=256)
             predictions[split] = probs.argmax(axis=1)
             scores[split] = round(macro_f1(self.labels[split][rows], predictions[split]), 4)
         return scores, predictions
 
-    def scored_rows(self, split: str) -> np.ndarray:
+    def _scored_rows(self, split: str) -> np.ndarray:
+        """Rows with a face and a label: the frames every score is taken on."""
         rows = self.stores[split].rows(labelled=None, with_face=True)
         return rows[self.labels[split][rows] >= 0]
 
@@ -124,7 +126,7 @@ class SplitScorer:
         split's videos (people)."""
         spread = {}
         for split in self.stores:
-            rows = self.scored_rows(split)
+            rows = self.rows[split]
             videos = self.stores[split].index["video"].to_numpy()[rows]
             result = paired_bootstrap(self.labels[split][rows], baseline[split], other[split],
                                       videos)

@@ -92,3 +92,5 @@ def test_paired_bootstrap_spread_comes_from_the_people_drawn() -> None:
     ignored = labels.copy()
     ignored[groups == 3] = -1  # unlabelled frames (and a person with none) are not drawn
     assert paired_bootstrap(ignored, a, b, groups, resamples=50)["groups"] == 19
+    with pytest.raises(AbawError, match="one video name per frame"):
+        paired_bootstrap(labels, a, b, groups[:-1])
